@@ -1,0 +1,107 @@
+"""Aggregator configuration from flags, with FEDSER_* environment variables as defaults (for Kubernetes)."""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from aggregator_service.rounds import RoundConfig, TrainingPlan
+from aggregator_service.servicer import ServiceLimits
+from model.network import ARCHITECTURES, DEFAULT_ARCHITECTURE
+
+
+@dataclass(frozen=True)
+class AggregatorConfig:
+    """Everything the aggregator process needs to start."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9100
+    checkpoint_dir: Path = Path("checkpoints")
+    keep_checkpoints: int = 5
+    architecture: str = DEFAULT_ARCHITECTURE
+    seed: int = 0
+    rounds: RoundConfig = field(default_factory=RoundConfig)
+    limits: ServiceLimits = field(default_factory=ServiceLimits)
+    max_workers: int = 64
+    ready_file: Path | None = None
+    log_level: str = "info"
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    """Flags; each default is read from FEDSER_<FLAG> (dashes as underscores) when set."""
+    d = AggregatorConfig()
+    r = d.rounds
+    p = argparse.ArgumentParser(
+        prog="fedser-aggregator",
+        description="fedser aggregator: FedAvg over gRPC. Every flag can be set as FEDSER_<FLAG> (e.g. FEDSER_PORT).",
+    )
+
+    def add(flag: str, typ: type, default: object, help: str) -> None:
+        # argparse converts string defaults with `type`, so a bad FEDSER_* value
+        # is reported exactly like a bad flag.
+        raw = env.get("FEDSER_" + flag[2:].replace("-", "_").upper())
+        p.add_argument(flag, type=typ, default=default if raw is None else raw, help=help + " (default: %(default)s)")
+
+    add("--host", str, d.host, "gRPC listen address; 0.0.0.0 in a container")
+    add("--port", int, d.port, "gRPC port; 0 picks a free one")
+    add("--metrics-host", str, d.metrics_host, "Prometheus /metrics listen address")
+    add("--metrics-port", int, d.metrics_port, "Prometheus /metrics port; 0 picks a free one")
+    add("--checkpoint-dir", Path, d.checkpoint_dir, "folder for global model checkpoints (resumed on start)")
+    add("--keep-checkpoints", int, d.keep_checkpoints, "how many newest checkpoints to keep")
+    add("--architecture", str, d.architecture, f"model architecture id ({', '.join(ARCHITECTURES)})")
+    add("--seed", int, d.seed, "seed of the initial global model")
+    add("--clients-per-round", int, r.clients_per_round, "accepted updates that close a round")
+    add("--min-clients", int, r.min_clients, "fewest updates that close a round at its deadline")
+    add("--round-timeout", float, r.round_timeout_s, "seconds from round open to its deadline")
+    add("--rounds", int, r.max_rounds, "stop after this many rounds; 0 runs until stopped")
+    add("--local-epochs", int, r.plan.local_epochs, "local epochs E in each client's plan")
+    add("--batch-size", int, r.plan.batch_size, "batch size B in each client's plan")
+    add("--learning-rate", float, r.plan.learning_rate, "learning rate in each client's plan")
+    add("--max-samples", int, r.max_samples, "largest n_k an update may declare")
+    add("--max-workers", int, d.max_workers, "gRPC worker threads (each open stream holds one)")
+    add("--ready-file", Path, None, "write the bound ports here as JSON once serving")
+    add("--log-level", str, d.log_level, "debug, info, warning or error")
+    return p
+
+
+def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> AggregatorConfig:
+    """Parse flags (and FEDSER_* variables) into a validated config; exits with a message on error."""
+    env = os.environ if env is None else env
+    parser = build_parser(env)
+    a = parser.parse_args(argv)
+    if a.architecture not in ARCHITECTURES:
+        parser.error(f"unknown architecture {a.architecture!r}; known: {', '.join(ARCHITECTURES)}")
+    for name in ("port", "metrics_port"):
+        if not 0 <= getattr(a, name) <= 65535:
+            parser.error(f"--{name.replace('_', '-')} must be 0..65535")
+    if a.local_epochs < 1 or a.batch_size < 1 or not a.learning_rate > 0:
+        parser.error("--local-epochs and --batch-size must be >= 1 and --learning-rate > 0")
+    try:
+        rounds = RoundConfig(
+            clients_per_round=a.clients_per_round,
+            min_clients=a.min_clients,
+            round_timeout_s=a.round_timeout,
+            max_rounds=a.rounds,
+            max_samples=a.max_samples,
+            plan=TrainingPlan(a.local_epochs, a.batch_size, a.learning_rate),
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    return AggregatorConfig(
+        host=a.host,
+        port=a.port,
+        metrics_host=a.metrics_host,
+        metrics_port=a.metrics_port,
+        checkpoint_dir=a.checkpoint_dir,
+        keep_checkpoints=a.keep_checkpoints,
+        architecture=a.architecture,
+        seed=a.seed,
+        rounds=rounds,
+        max_workers=max(4, a.max_workers),
+        ready_file=a.ready_file,
+        log_level=a.log_level,
+    )

@@ -1,0 +1,41 @@
+"""`fedser-aggregator`: run the aggregator until SIGTERM or SIGINT, then shut down gracefully."""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from typing import Sequence
+
+from aggregator_service.config import parse_config
+from aggregator_service.server import CheckpointMismatchError, start
+from model.eventlog import log_event, setup_logging
+
+log = logging.getLogger("fedser.aggregator")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_config(argv)
+    setup_logging(config.log_level)
+    try:
+        running = start(config)
+    except (CheckpointMismatchError, OSError) as exc:
+        log_event(log, "startup_failed", logging.ERROR, detail=str(exc))
+        print(f"fedser-aggregator: error: {exc}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log_event(log, "shutdown_requested", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stop.wait(1.0):
+        pass
+    running.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

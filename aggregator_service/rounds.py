@@ -1,0 +1,341 @@
+"""Round state: which round is open, who contributed, when it closes, and the new global model.
+
+Pure logic with an injectable clock: no gRPC, no files (checkpoint writing is
+a callable passed in), so deadlines and every refusal are testable directly.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Protocol
+
+import numpy as np
+
+from aggregator_service.checkpoints import Checkpoint, encode_checkpoint
+from aggregator_service.errors import (
+    DuplicateClientError,
+    FederationFinishedError,
+    InvalidReportError,
+    WrongRoundError,
+)
+from aggregator_service.evaluations import EvalMetrics, check_report, pool
+from aggregator_service.fedavg import FedAvgAccumulator
+from aggregator_service.validation import check_identifier, check_num_samples
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What clients are asked to do locally in a round."""
+
+    local_epochs: int = 2
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """When rounds close and what they accept."""
+
+    clients_per_round: int = 3
+    min_clients: int = 2
+    round_timeout_s: float = 300.0
+    max_rounds: int = 0  # 0: run until stopped
+    max_samples: int = 10_000_000
+    plan: TrainingPlan = field(default_factory=TrainingPlan)
+
+    def __post_init__(self) -> None:
+        if self.clients_per_round < 1:
+            raise ValueError("clients_per_round must be >= 1")
+        if not 1 <= self.min_clients <= self.clients_per_round:
+            raise ValueError("min_clients must be between 1 and clients_per_round")
+        if self.round_timeout_s <= 0:
+            raise ValueError("round_timeout_s must be > 0")
+        if self.max_rounds < 0:
+            raise ValueError("max_rounds must be >= 0")
+
+
+@dataclass(frozen=True)
+class UpdateMeta:
+    """An update's header, as the round logic needs it."""
+
+    client_id: str
+    round: int
+    num_samples: int
+    update_id: str
+    train_loss: float = 0.0
+    train_accuracy: float = 0.0
+
+
+@dataclass(frozen=True)
+class AcceptResult:
+    duplicate: bool
+    round: int
+    accepted_in_round: int
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    """A closed round: who took part and what it produced."""
+
+    round: int
+    model_version: int
+    participants: int
+    samples: int
+    duration_s: float
+    train_loss: float
+    train_accuracy: float
+    closed_by: str  # "quorum" or "deadline"
+
+
+@dataclass(frozen=True)
+class RoundStatus:
+    """A consistent snapshot of the open round."""
+
+    round: int
+    model_version: int
+    finished: bool
+    accepted: int
+    deadline_unix: float
+    overdue: bool
+
+
+class RoundListener(Protocol):
+    """Told about round transitions (metrics and logs live behind it)."""
+
+    def round_opened(self, round: int, deadline_unix: float) -> None: ...
+
+    def round_closed(self, summary: RoundSummary) -> None: ...
+
+    def round_overdue(self, round: int, accepted: int, min_clients: int) -> None: ...
+
+    def round_close_failed(self, round: int, error: Exception) -> None: ...
+
+    def federation_finished(self, model_version: int) -> None: ...
+
+
+class NullListener:
+    def round_opened(self, round: int, deadline_unix: float) -> None:
+        pass
+
+    def round_closed(self, summary: RoundSummary) -> None:
+        pass
+
+    def round_overdue(self, round: int, accepted: int, min_clients: int) -> None:
+        pass
+
+    def round_close_failed(self, round: int, error: Exception) -> None:
+        pass
+
+    def federation_finished(self, model_version: int) -> None:
+        pass
+
+
+class RoundManager:
+    """Owns the global model and the open round; thread-safe."""
+
+    # Update ids are remembered this many rounds back, so a retry whose
+    # acknowledgement was lost is recognised even after its round closed.
+    UPDATE_ID_MEMORY_ROUNDS = 16
+    EVALUATION_MEMORY_VERSIONS = 1000
+
+    def __init__(
+        self,
+        config: RoundConfig,
+        initial: Checkpoint,
+        persist: Callable[[Checkpoint], object],
+        num_classes: int,
+        listener: RoundListener | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self._persist = persist
+        self._num_classes = num_classes
+        self._listener = listener or NullListener()
+        self._clock = clock
+        self._wall = wall_clock
+        self._cond = threading.Condition()
+        self._global = initial
+        self._template = {k: v for k, v in initial.arrays.items()}
+        self._finished = bool(config.max_rounds) and initial.version >= config.max_rounds
+        self._stopping = False
+        self._history: list[RoundSummary] = []
+        self._update_ids: OrderedDict[str, int] = OrderedDict()
+        self._evaluations: OrderedDict[int, dict[str, EvalMetrics]] = OrderedDict()
+        self._open_round()
+
+    # -- reading state -------------------------------------------------
+    @property
+    def global_model(self) -> Checkpoint:
+        with self._cond:
+            return self._global
+
+    @property
+    def template(self) -> Mapping[str, np.ndarray]:
+        return self._template
+
+    def status(self) -> RoundStatus:
+        with self._cond:
+            return self._status_locked()
+
+    def history(self) -> list[RoundSummary]:
+        with self._cond:
+            return list(self._history)
+
+    def evaluations(self) -> list[tuple[int, int, EvalMetrics]]:
+        """(model_version, reports, pooled metrics) for every version with reports, oldest first."""
+        with self._cond:
+            return [(v, len(r), pool(list(r.values()), self._num_classes)) for v, r in self._evaluations.items()]
+
+    def wait_for_version(self, min_version: int, timeout_s: float) -> Checkpoint:
+        """Block until the global version reaches ``min_version``, the run ends, or the timeout."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self._global.version >= min_version or self._finished or self._stopping,
+                timeout=max(0.0, timeout_s),
+            )
+            return self._global
+
+    # -- updates -------------------------------------------------------
+    def precheck(self, meta: UpdateMeta) -> AcceptResult | None:
+        """Refuse early, before bulk data is read; an AcceptResult means 'already accepted'."""
+        check_identifier(meta.client_id, "client_id")
+        check_identifier(meta.update_id, "update_id")
+        check_num_samples(meta.num_samples, self.config.max_samples)
+        with self._cond:
+            return self._check_locked(meta)
+
+    def accept(self, meta: UpdateMeta, arrays: Mapping[str, np.ndarray]) -> AcceptResult:
+        """Fold a validated update into the open round; closes the round at quorum."""
+        with self._cond:
+            seen = self._check_locked(meta)
+            if seen is not None:
+                return seen
+            self._acc.add(arrays, meta.num_samples)
+            self._contributors.add(meta.client_id)
+            self._update_ids[meta.update_id] = self._round
+            while len(self._update_ids) > 4096 and next(iter(self._update_ids.values())) < self._round - self.UPDATE_ID_MEMORY_ROUNDS:
+                self._update_ids.popitem(last=False)
+            self._loss_sum += meta.train_loss * meta.num_samples
+            self._acc_sum += meta.train_accuracy * meta.num_samples
+            result = AcceptResult(False, self._round, self._acc.updates)
+            if self._acc.updates >= self.config.clients_per_round:
+                self._try_close_locked("quorum")
+            return result
+
+    def tick(self) -> None:
+        """Close the round if its deadline passed with enough updates; else mark it overdue."""
+        with self._cond:
+            if self._finished or self._clock() < self._deadline:
+                return
+            if self._acc.updates >= self.config.min_clients:
+                self._try_close_locked("deadline")
+            elif not self._overdue:
+                self._overdue = True
+                self._listener.round_overdue(self._round, self._acc.updates, self.config.min_clients)
+
+    def stop(self) -> None:
+        """Wake every waiting pull so the server can shut down."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+
+    # -- evaluation ----------------------------------------------------
+    def record_evaluation(self, client_id: str, model_version: int, metrics: EvalMetrics) -> int:
+        """Store a client's report for a version (a repeat replaces it); returns the report count."""
+        check_identifier(client_id, "client_id")
+        check_report(metrics, self._num_classes)
+        with self._cond:
+            if model_version > self._global.version:
+                raise InvalidReportError(
+                    f"model_version {model_version} does not exist yet (latest is {self._global.version})"
+                )
+            reports = self._evaluations.setdefault(model_version, {})
+            reports[client_id] = metrics
+            while len(self._evaluations) > self.EVALUATION_MEMORY_VERSIONS:
+                self._evaluations.popitem(last=False)
+            return len(reports)
+
+    def pooled_evaluation(self, model_version: int) -> tuple[int, EvalMetrics] | None:
+        with self._cond:
+            reports = self._evaluations.get(model_version)
+            if not reports:
+                return None
+            return len(reports), pool(list(reports.values()), self._num_classes)
+
+    # -- internals (call with the lock held) ---------------------------
+    def _status_locked(self) -> RoundStatus:
+        return RoundStatus(
+            round=self._round,
+            model_version=self._global.version,
+            finished=self._finished,
+            accepted=self._acc.updates,
+            deadline_unix=self._deadline_unix,
+            overdue=self._overdue,
+        )
+
+    def _check_locked(self, meta: UpdateMeta) -> AcceptResult | None:
+        if meta.update_id in self._update_ids:
+            return AcceptResult(True, self._update_ids[meta.update_id], self._acc.updates)
+        if self._finished:
+            raise FederationFinishedError(f"the federation finished after round {self._global.version}")
+        if meta.round != self._round:
+            when = "stale" if meta.round < self._round else "from the future"
+            raise WrongRoundError(f"update for round {meta.round} is {when}: round {self._round} is open")
+        if meta.client_id in self._contributors:
+            raise DuplicateClientError(f"client already contributed to round {self._round}")
+        return None
+
+    def _open_round(self) -> None:
+        self._round = self._global.version + 1
+        self._acc = FedAvgAccumulator(self._template)
+        self._contributors: set[str] = set()
+        self._loss_sum = 0.0
+        self._acc_sum = 0.0
+        self._opened_at = self._clock()
+        self._deadline = self._opened_at + self.config.round_timeout_s
+        self._deadline_unix = self._wall() + self.config.round_timeout_s
+        self._overdue = False
+        if self._finished:
+            self._listener.federation_finished(self._global.version)
+        else:
+            self._listener.round_opened(self._round, self._deadline_unix)
+
+    def _try_close_locked(self, closed_by: str) -> None:
+        # The update that triggered the close is already counted; a failed
+        # checkpoint write leaves the round open and tick() tries again.
+        try:
+            self._close_locked(closed_by)
+        except OSError as exc:
+            self._listener.round_close_failed(self._round, exc)
+
+    def _close_locked(self, closed_by: str) -> None:
+        new_version = self._global.version + 1
+        arrays = self._acc.result(dtype=np.float32)
+        checkpoint = encode_checkpoint(new_version, arrays, self._global_metadata())
+        # Persist before serving: a restart must never find a version clients saw but disk lost.
+        self._persist(checkpoint)
+        m = self._acc.total_samples
+        summary = RoundSummary(
+            round=self._round,
+            model_version=new_version,
+            participants=self._acc.updates,
+            samples=m,
+            duration_s=self._clock() - self._opened_at,
+            train_loss=self._loss_sum / m,
+            train_accuracy=self._acc_sum / m,
+            closed_by=closed_by,
+        )
+        self._global = checkpoint
+        self._history.append(summary)
+        del self._history[: -self.EVALUATION_MEMORY_VERSIONS]
+        if self.config.max_rounds and new_version >= self.config.max_rounds:
+            self._finished = True
+        self._listener.round_closed(summary)
+        self._open_round()
+        self._cond.notify_all()
+
+    def _global_metadata(self) -> dict[str, str]:
+        return {k: v for k, v in self._global.metadata.items() if k != "model_version"}

@@ -1,0 +1,267 @@
+"""The gRPC face of the aggregator: validate, hand off to the round logic, translate errors.
+
+Every refusal is logged (one line, with its reason), counted in
+fedser_updates_total, and answered with a status code and message.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from aggregator_service.errors import (
+    DuplicateClientError,
+    FederationFinishedError,
+    InvalidReportError,
+    InvalidUpdateError,
+    RejectedError,
+    WrongRoundError,
+)
+from aggregator_service.evaluations import EvalMetrics
+from aggregator_service.metrics import AggregatorMetrics
+from aggregator_service.rounds import RoundManager, UpdateMeta
+from aggregator_service.validation import check_declared_size, check_tensors
+from fedser.v1 import aggregator_pb2 as pb
+from fedser.v1 import aggregator_pb2_grpc as pb_grpc
+from model.eventlog import log_event
+from model.serialization import MalformedTensorsError, bytes_to_arrays, iter_chunks, sha256_hex
+
+log = logging.getLogger("fedser.aggregator")
+
+STATUS_FOR_ERROR: dict[type[RejectedError], grpc.StatusCode] = {
+    InvalidUpdateError: grpc.StatusCode.INVALID_ARGUMENT,
+    InvalidReportError: grpc.StatusCode.INVALID_ARGUMENT,
+    WrongRoundError: grpc.StatusCode.FAILED_PRECONDITION,
+    FederationFinishedError: grpc.StatusCode.FAILED_PRECONDITION,
+    DuplicateClientError: grpc.StatusCode.ALREADY_EXISTS,
+}
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """Bounds enforced before bulk data is read."""
+
+    chunk_bytes: int = 1 << 20
+    max_chunk_bytes: int = 4 << 20
+    size_margin_bytes: int = 64 << 10
+    max_wait_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    architecture_id: str
+    labels: tuple[str, ...]
+    feature_preset: str
+
+
+class AggregatorServicer(pb_grpc.AggregatorServicer):
+    """Implements fedser.v1.Aggregator on top of a RoundManager."""
+
+    def __init__(
+        self, manager: RoundManager, metrics: AggregatorMetrics, identity: ModelIdentity, limits: ServiceLimits
+    ) -> None:
+        self._manager = manager
+        self._metrics = metrics
+        self._identity = identity
+        self._limits = limits
+
+    # -- PullModel -----------------------------------------------------
+    def PullModel(self, request: pb.PullModelRequest, context: grpc.ServicerContext) -> Iterator[pb.PullModelResponse]:
+        wait = min(max(request.wait_seconds, 0.0), self._limits.max_wait_s)
+        remaining = context.time_remaining()
+        if remaining is not None:
+            wait = min(wait, max(0.0, remaining - 1.0))
+        model = (
+            self._manager.wait_for_version(request.min_version, wait)
+            if request.min_version
+            else self._manager.global_model
+        )
+        status = self._manager.status()
+        cfg = self._manager.config
+        deadline = Timestamp()
+        deadline.FromNanoseconds(int(status.deadline_unix * 1e9))
+        # A round that opened after `model` was read belongs to a newer model;
+        # the header names the round that trains on this model's version.
+        header = pb.ModelHeader(
+            round=model.version + 1,
+            model_version=model.version,
+            architecture_id=self._identity.architecture_id,
+            labels=list(self._identity.labels),
+            feature_preset=self._identity.feature_preset,
+            plan=pb.TrainingPlan(
+                local_epochs=cfg.plan.local_epochs,
+                batch_size=cfg.plan.batch_size,
+                learning_rate=cfg.plan.learning_rate,
+                deadline=deadline,
+            ),
+            total_bytes=len(model.payload),
+            sha256=model.sha256,
+            finished=status.finished and model.version == status.model_version,
+            payload_omitted=model.version < request.min_version and not status.finished,
+        )
+        yield pb.PullModelResponse(header=header)
+        if header.payload_omitted:
+            return
+        for chunk in iter_chunks(model.payload, self._limits.chunk_bytes):
+            self._metrics.bytes_sent.inc(len(chunk))
+            yield pb.PullModelResponse(chunk=chunk)
+
+    # -- PushUpdate ----------------------------------------------------
+    def PushUpdate(self, request_iterator: Iterable[pb.PushUpdateRequest], context: grpc.ServicerContext) -> pb.PushUpdateResponse:
+        meta: UpdateMeta | None = None
+        try:
+            first = next(iter(request_iterator), None)
+            if first is None or first.WhichOneof("payload") != "header":
+                raise InvalidUpdateError("the first message of a push must be the header", reason="bad_header")
+            h = first.header
+            meta = UpdateMeta(
+                client_id=h.client_id,
+                round=h.round,
+                num_samples=h.num_samples,
+                update_id=h.update_id,
+                train_loss=h.train_loss if _finite(h.train_loss) else 0.0,
+                train_accuracy=h.train_accuracy if _finite(h.train_accuracy) else 0.0,
+            )
+            if h.encoding not in (pb.UPDATE_ENCODING_UNSPECIFIED, pb.UPDATE_ENCODING_FLOAT32):
+                raise InvalidUpdateError(f"unsupported update encoding {h.encoding}", reason="bad_header")
+            model_bytes = len(self._manager.global_model.payload)
+            check_declared_size(h.total_bytes, h.sha256, model_bytes + self._limits.size_margin_bytes)
+            seen = self._manager.precheck(meta)
+            if seen is not None:
+                return self._acknowledge(meta, seen)
+            payload = self._read_payload(request_iterator, h.total_bytes)
+            if sha256_hex(payload) != h.sha256:
+                raise InvalidUpdateError("checksum does not match the payload", reason="checksum")
+            try:
+                arrays = bytes_to_arrays(payload)
+            except MalformedTensorsError as exc:
+                raise InvalidUpdateError(str(exc), reason="malformed") from None
+            check_tensors(arrays, self._manager.template)
+            result = self._manager.accept(meta, arrays)
+            return self._acknowledge(meta, result)
+        except RejectedError as exc:
+            self._reject(context, exc, meta)
+            raise AssertionError("unreachable")  # context.abort raises
+
+    def _read_payload(self, request_iterator: Iterable[pb.PushUpdateRequest], total: int) -> bytearray:
+        buf = bytearray(total)
+        view = memoryview(buf)
+        offset = 0
+        for msg in request_iterator:
+            if msg.WhichOneof("payload") != "chunk":
+                raise InvalidUpdateError("only chunks may follow the header", reason="bad_stream")
+            n = len(msg.chunk)
+            if n > self._limits.max_chunk_bytes:
+                raise InvalidUpdateError(f"chunk of {n} bytes exceeds {self._limits.max_chunk_bytes}", reason="too_large")
+            if offset + n > total:
+                raise InvalidUpdateError(f"payload exceeds the declared {total} bytes", reason="size_mismatch")
+            view[offset : offset + n] = msg.chunk
+            offset += n
+            self._metrics.bytes_received.inc(n)
+        if offset != total:
+            raise InvalidUpdateError(f"payload has {offset} bytes, header declared {total}", reason="size_mismatch")
+        return buf
+
+    def _acknowledge(self, meta: UpdateMeta, result) -> pb.PushUpdateResponse:
+        self._metrics.update_accepted(result.accepted_in_round, result.duplicate)
+        log_event(
+            log,
+            "update_duplicate" if result.duplicate else "update_accepted",
+            client=meta.client_id,
+            round=result.round,
+            num_samples=meta.num_samples,
+            accepted_in_round=result.accepted_in_round,
+        )
+        return pb.PushUpdateResponse(
+            accepted=True,
+            duplicate=result.duplicate,
+            round=result.round,
+            accepted_in_round=result.accepted_in_round,
+            clients_per_round=self._manager.config.clients_per_round,
+        )
+
+    def _reject(self, context: grpc.ServicerContext, exc: RejectedError, meta: UpdateMeta | None) -> None:
+        self._metrics.update_rejected(exc.reason)
+        log_event(
+            log,
+            "update_rejected",
+            logging.WARNING,
+            reason=exc.reason,
+            detail=str(exc),
+            client=meta.client_id if meta else None,
+            round=meta.round if meta else None,
+        )
+        context.abort(STATUS_FOR_ERROR.get(type(exc), grpc.StatusCode.INVALID_ARGUMENT), str(exc))
+
+    # -- ReportEvaluation ----------------------------------------------
+    def ReportEvaluation(self, request: pb.ReportEvaluationRequest, context: grpc.ServicerContext) -> pb.ReportEvaluationResponse:
+        m = request.metrics
+        metrics = EvalMetrics(m.examples, m.loss, m.accuracy, m.uar, tuple(m.confusion))
+        try:
+            reports = self._manager.record_evaluation(request.client_id, request.model_version, metrics)
+        except RejectedError as exc:
+            self._metrics.evaluation_reports.labels(status="rejected").inc()
+            log_event(log, "evaluation_rejected", logging.WARNING, reason=exc.reason, detail=str(exc))
+            context.abort(STATUS_FOR_ERROR.get(type(exc), grpc.StatusCode.INVALID_ARGUMENT), str(exc))
+        pooled = self._manager.pooled_evaluation(request.model_version)
+        if pooled is not None:
+            self._metrics.evaluation(request.model_version, pooled[1])
+        log_event(
+            log,
+            "evaluation_reported",
+            client=request.client_id,
+            model_version=request.model_version,
+            examples=m.examples,
+            accuracy=round(m.accuracy, 4),
+            uar=round(m.uar, 4),
+        )
+        return pb.ReportEvaluationResponse(reports=reports)
+
+    # -- GetStatus -----------------------------------------------------
+    def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.GetStatusResponse:
+        status = self._manager.status()
+        cfg = self._manager.config
+        deadline = Timestamp()
+        deadline.FromNanoseconds(int(status.deadline_unix * 1e9))
+        return pb.GetStatusResponse(
+            round=status.round,
+            model_version=status.model_version,
+            finished=status.finished,
+            accepted_in_round=status.accepted,
+            clients_per_round=cfg.clients_per_round,
+            min_clients=cfg.min_clients,
+            deadline=deadline,
+            overdue=status.overdue,
+            architecture_id=self._identity.architecture_id,
+            labels=list(self._identity.labels),
+            max_rounds=cfg.max_rounds,
+            rounds=[
+                pb.RoundSummary(
+                    round=s.round,
+                    model_version=s.model_version,
+                    participants=s.participants,
+                    samples=s.samples,
+                    duration_seconds=s.duration_s,
+                    train_loss=s.train_loss,
+                    train_accuracy=s.train_accuracy,
+                )
+                for s in self._manager.history()
+            ],
+            evaluations=[
+                pb.VersionEvaluation(
+                    model_version=v,
+                    reports=n,
+                    metrics=pb.EvaluationMetrics(
+                        examples=e.examples, loss=e.loss, accuracy=e.accuracy, uar=e.uar, confusion=list(e.confusion)
+                    ),
+                )
+                for v, n, e in self._manager.evaluations()
+            ],
+        )
+
+
+def _finite(x: float) -> bool:
+    return x == x and abs(x) != float("inf")

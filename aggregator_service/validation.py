@@ -1,0 +1,65 @@
+"""Checks on an update's header and tensors, before anything touches the global model."""
+from __future__ import annotations
+
+import re
+from typing import Mapping
+
+import numpy as np
+
+from aggregator_service.errors import InvalidUpdateError
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+
+
+def check_identifier(value: str, what: str) -> None:
+    """Client and update ids: 1-128 characters of a safe alphabet (they reach the logs)."""
+    if not _ID.match(value):
+        raise InvalidUpdateError(f"{what} must be 1-128 characters of [A-Za-z0-9._:@-]", reason="bad_header")
+
+
+def check_declared_size(total_bytes: int, sha256: str, max_bytes: int) -> None:
+    """The declared payload size and checksum, checked before any bulk data is read."""
+    if total_bytes <= 0:
+        raise InvalidUpdateError("total_bytes must be positive", reason="bad_header")
+    if total_bytes > max_bytes:
+        raise InvalidUpdateError(
+            f"declared total_bytes {total_bytes} exceeds the limit of {max_bytes} for this model",
+            reason="too_large",
+        )
+    if not _SHA256.match(sha256):
+        raise InvalidUpdateError("sha256 must be 64 lowercase hex digits", reason="bad_header")
+
+
+def check_num_samples(num_samples: int, max_samples: int) -> None:
+    """n_k must be a positive count no larger than the configured bound."""
+    if num_samples <= 0:
+        raise InvalidUpdateError(f"num_samples must be > 0, got {num_samples}", reason="num_samples")
+    if num_samples > max_samples:
+        raise InvalidUpdateError(
+            f"num_samples {num_samples} exceeds the limit of {max_samples}", reason="num_samples"
+        )
+
+
+def check_tensors(arrays: Mapping[str, np.ndarray], template: Mapping[str, np.ndarray]) -> None:
+    """Names, shapes and dtypes must match the global model exactly; values must be finite."""
+    missing = sorted(set(template) - set(arrays))
+    unexpected = sorted(set(arrays) - set(template))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:5])}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:5])}")
+        raise InvalidUpdateError("tensor names do not match the model: " + "; ".join(parts), reason="tensor_names")
+    for name, ref in template.items():
+        got = arrays[name]
+        if got.dtype != ref.dtype:
+            raise InvalidUpdateError(f"tensor {name}: dtype {got.dtype}, expected {ref.dtype}", reason="tensor_dtype")
+        if got.shape != ref.shape:
+            raise InvalidUpdateError(
+                f"tensor {name}: shape {list(got.shape)}, expected {list(ref.shape)}", reason="tensor_shape"
+            )
+    for name, got in arrays.items():
+        if not np.isfinite(got).all():
+            raise InvalidUpdateError(f"tensor {name} contains NaN or Inf", reason="non_finite")
