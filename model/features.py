@@ -87,10 +87,12 @@ class SeedMfccMean:
         """Features for already-windowed mono waveforms, as float32 [N, 1, 97]."""
         if not waves:
             return np.zeros((0, *self.input_shape), dtype=np.float32)
-        batch = torch.stack([self._fit(w, sr) for w, sr in waves])
+        # [N, 1, samples]: the extra axis makes torchaudio's top_db floor apply per
+        # clip; on a [N, samples] batch it is shared, so quiet clips would depend on loud ones.
+        batch = torch.stack([self._fit(w, sr) for w, sr in waves]).unsqueeze(1)
         with torch.inference_mode():
-            mfcc = self._mfcc(batch)  # [N, n_mfcc, frames]
-        return mfcc.mean(dim=1, keepdim=True).numpy().astype(np.float32)
+            mfcc = self._mfcc(batch)  # [N, 1, n_mfcc, frames]
+        return mfcc.mean(dim=2).numpy().astype(np.float32)
 
     def extract_files(self, paths: Sequence[Path]) -> np.ndarray:
         """Read each file's window with soundfile and extract its features in one batch."""

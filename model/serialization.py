@@ -34,7 +34,11 @@ def load_arrays_into(module: torch.nn.Module, arrays: Mapping[str, np.ndarray]) 
 
 def arrays_to_bytes(arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> bytes:
     """Serialize named arrays as safetensors bytes."""
-    return _st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata=dict(metadata or {}) or None)
+    # np.ascontiguousarray would turn 0-d arrays into shape (1,); only copy when needed.
+    return _st_save(
+        {k: v if v.flags.c_contiguous else np.ascontiguousarray(v) for k, v in arrays.items()},
+        metadata=dict(metadata or {}) or None,
+    )
 
 
 def bytes_to_arrays(data: bytes) -> dict[str, np.ndarray]:

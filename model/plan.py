@@ -1,0 +1,17 @@
+"""The training plan the aggregator hands out each round: local epochs, batch size, learning rate."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What clients are asked to do locally in a round."""
+
+    local_epochs: int = 2
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.local_epochs < 1 or self.batch_size < 1 or not self.learning_rate > 0:
+            raise ValueError("local_epochs and batch_size must be >= 1 and learning_rate > 0")
