@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from aggregator_service.rounds import RoundConfig, TrainingPlan
+from aggregator_service.rounds import RoundConfig
 from aggregator_service.servicer import ServiceLimits
 from model.network import ARCHITECTURES, DEFAULT_ARCHITECTURE
+from model.plan import TrainingPlan
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--architecture", str, d.architecture, f"model architecture id ({', '.join(ARCHITECTURES)})")
     add("--seed", int, d.seed, "seed of the initial global model")
     add("--clients-per-round", int, r.clients_per_round, "accepted updates that close a round")
-    add("--min-clients", int, r.min_clients, "fewest updates that close a round at its deadline")
+    add("--min-clients", int, None, "fewest updates that close a round at its deadline; "
+        f"default {r.min_clients}, or clients-per-round if smaller")
     add("--round-timeout", float, r.round_timeout_s, "seconds from round open to its deadline")
     add("--rounds", int, r.max_rounds, "stop after this many rounds; 0 runs until stopped")
     add("--local-epochs", int, r.plan.local_epochs, "local epochs E in each client's plan")
@@ -78,12 +80,10 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
     for name in ("port", "metrics_port"):
         if not 0 <= getattr(a, name) <= 65535:
             parser.error(f"--{name.replace('_', '-')} must be 0..65535")
-    if a.local_epochs < 1 or a.batch_size < 1 or not a.learning_rate > 0:
-        parser.error("--local-epochs and --batch-size must be >= 1 and --learning-rate > 0")
     try:
         rounds = RoundConfig(
             clients_per_round=a.clients_per_round,
-            min_clients=a.min_clients,
+            min_clients=a.min_clients if a.min_clients is not None else min(RoundConfig().min_clients, a.clients_per_round),
             round_timeout_s=a.round_timeout,
             max_rounds=a.rounds,
             max_samples=a.max_samples,

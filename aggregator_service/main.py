@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-import threading
 from typing import Sequence
 
 from aggregator_service.config import parse_config
 from aggregator_service.server import CheckpointMismatchError, start
 from model.eventlog import log_event, setup_logging
+from model.lifecycle import stop_on_signals
 
 log = logging.getLogger("fedser.aggregator")
 
@@ -23,14 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_event(log, "startup_failed", logging.ERROR, detail=str(exc))
         print(f"fedser-aggregator: error: {exc}", file=sys.stderr)
         return 1
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log_event(log, "shutdown_requested", signal=signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals(log)
     while not stop.wait(1.0):
         pass
     running.stop()

@@ -23,15 +23,7 @@ from aggregator_service.errors import (
 from aggregator_service.evaluations import EvalMetrics, check_report, pool
 from aggregator_service.fedavg import FedAvgAccumulator
 from aggregator_service.validation import check_identifier, check_num_samples
-
-
-@dataclass(frozen=True)
-class TrainingPlan:
-    """What clients are asked to do locally in a round."""
-
-    local_epochs: int = 2
-    batch_size: int = 16
-    learning_rate: float = 1e-3
+from model.plan import TrainingPlan
 
 
 @dataclass(frozen=True)
@@ -209,6 +201,9 @@ class RoundManager:
 
     def accept(self, meta: UpdateMeta, arrays: Mapping[str, np.ndarray]) -> AcceptResult:
         """Fold a validated update into the open round; closes the round at quorum."""
+        check_identifier(meta.client_id, "client_id")
+        check_identifier(meta.update_id, "update_id")
+        check_num_samples(meta.num_samples, self.config.max_samples)
         with self._cond:
             seen = self._check_locked(meta)
             if seen is not None:
@@ -226,9 +221,17 @@ class RoundManager:
             return result
 
     def tick(self) -> None:
-        """Close the round if its deadline passed with enough updates; else mark it overdue."""
+        """Close the round if its deadline passed with enough updates; else mark it overdue.
+
+        Also retries a quorum close whose checkpoint write failed.
+        """
         with self._cond:
-            if self._finished or self._clock() < self._deadline:
+            if self._finished:
+                return
+            if self._acc.updates >= self.config.clients_per_round:
+                self._try_close_locked("quorum")
+                return
+            if self._clock() < self._deadline:
                 return
             if self._acc.updates >= self.config.min_clients:
                 self._try_close_locked("deadline")

@@ -81,8 +81,6 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
         )
         status = self._manager.status()
         cfg = self._manager.config
-        deadline = Timestamp()
-        deadline.FromNanoseconds(int(status.deadline_unix * 1e9))
         # A round that opened after `model` was read belongs to a newer model;
         # the header names the round that trains on this model's version.
         header = pb.ModelHeader(
@@ -95,7 +93,7 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
                 local_epochs=cfg.plan.local_epochs,
                 batch_size=cfg.plan.batch_size,
                 learning_rate=cfg.plan.learning_rate,
-                deadline=deadline,
+                deadline=_timestamp(status.deadline_unix),
             ),
             total_bytes=len(model.payload),
             sha256=model.sha256,
@@ -224,8 +222,6 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
     def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.GetStatusResponse:
         status = self._manager.status()
         cfg = self._manager.config
-        deadline = Timestamp()
-        deadline.FromNanoseconds(int(status.deadline_unix * 1e9))
         return pb.GetStatusResponse(
             round=status.round,
             model_version=status.model_version,
@@ -233,7 +229,7 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             accepted_in_round=status.accepted,
             clients_per_round=cfg.clients_per_round,
             min_clients=cfg.min_clients,
-            deadline=deadline,
+            deadline=_timestamp(status.deadline_unix),
             overdue=status.overdue,
             architecture_id=self._identity.architecture_id,
             labels=list(self._identity.labels),
@@ -261,6 +257,12 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
                 for v, n, e in self._manager.evaluations()
             ],
         )
+
+
+def _timestamp(unix_s: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(unix_s * 1e9))
+    return ts
 
 
 def _finite(x: float) -> bool:
