@@ -1,0 +1,112 @@
+"""A device's local data: scan the folder, split by speaker, extract features once."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edge_client.errors import DataError
+from model.audio import AudioReadError, read_audio
+from model.eventlog import log_event
+from model.features import FeaturePreset
+from model.ravdess import Utterance, scan
+from model.splits import SplitError, speaker_split
+
+log = logging.getLogger("fedser.client")
+
+EXTRACT_BATCH = 64
+
+
+@dataclass
+class LocalData:
+    """Features and label indices of the local train and held-out sets."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    heldout_x: np.ndarray
+    heldout_y: np.ndarray
+    train_speakers: int
+    heldout_speakers: int
+
+
+def find_utterances(root: Path, classes: tuple[str, ...]) -> list[Utterance]:
+    """The usable files under ``root``; DataError when there are none, with what was found instead."""
+    if not root.exists():
+        raise DataError(f"data folder {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"data path {root} is not a folder")
+    found = scan(root, classes)
+    if not found.utterances:
+        if found.skipped_other_label or found.skipped_not_speech:
+            raise DataError(
+                f"{root}: RAVDESS files found, but none of the classes {', '.join(classes)} "
+                f"({found.skipped_other_label} of other emotions, {found.skipped_not_speech} not speech)"
+            )
+        if found.unrecognised:
+            raise DataError(
+                f"{root}: unknown file layout: none of {found.unrecognised} files is named like RAVDESS "
+                "(NN-NN-NN-NN-NN-NN-NN.wav)"
+            )
+        raise DataError(f"data folder {root} is empty")
+    log_event(
+        log, "data_scanned", files=len(found.utterances), skipped_other_label=found.skipped_other_label,
+        skipped_not_speech=found.skipped_not_speech, unrecognised=found.unrecognised,
+    )
+    return found.utterances
+
+
+def extract(
+    utterances: list[Utterance], preset: FeaturePreset, skip_unreadable: bool,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, list[Utterance]]:
+    """Features of ``utterances`` in batches; returns them with the utterances actually used."""
+    feats, kept = [], []
+    window = (getattr(preset, "offset_s", 0.0), getattr(preset, "duration_s", None))
+    for start in range(0, len(utterances), EXTRACT_BATCH):
+        batch = utterances[start : start + EXTRACT_BATCH]
+        waves = []
+        for u in batch:
+            try:
+                waves.append(read_audio(u.path, *window))
+                kept.append(u)
+            except AudioReadError as exc:
+                if not skip_unreadable:
+                    raise DataError(f"{exc} (use --skip-unreadable to leave such files out)") from None
+                log_event(log, "file_skipped", logging.WARNING, file=u.path.name, reason="unreadable")
+        feats.append(preset.extract_batch(waves))
+        if progress:
+            progress(len(batch))
+    return np.concatenate(feats) if feats else np.zeros((0, *preset.input_shape), np.float32), kept
+
+
+def load_local_data(
+    root: Path,
+    classes: tuple[str, ...],
+    preset: FeaturePreset,
+    heldout_fraction: float,
+    seed: int = 0,
+    skip_unreadable: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> LocalData:
+    """Everything the client trains and evaluates on, ready as arrays."""
+    utterances = find_utterances(root, classes)
+    try:
+        train, heldout = speaker_split(utterances, heldout_fraction, seed)
+    except SplitError as exc:
+        raise DataError(f"{root}: {exc}") from None
+    index = {c: i for i, c in enumerate(classes)}
+    train_x, train_used = extract(train, preset, skip_unreadable, progress)
+    heldout_x, heldout_used = extract(heldout, preset, skip_unreadable, progress)
+    if len(train_used) == 0:
+        raise DataError(f"{root}: no readable training files")
+    return LocalData(
+        train_x=train_x,
+        train_y=np.array([index[u.label] for u in train_used], dtype=np.int64),
+        heldout_x=heldout_x,
+        heldout_y=np.array([index[u.label] for u in heldout_used], dtype=np.int64),
+        train_speakers=len({u.speaker for u in train_used}),
+        heldout_speakers=len({u.speaker for u in heldout_used}),
+    )

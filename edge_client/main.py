@@ -1,0 +1,123 @@
+"""`fedser-client`: train on this device's speech files in a fedser federation."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import grpc
+
+from edge_client.backoff import BackoffPolicy
+from edge_client.dataset import load_local_data
+from edge_client.errors import ClientError
+from edge_client.session import FederatedSession, SessionConfig
+from edge_client.training import pick_device
+from edge_client.transport import AggregatorClient
+from model.eventlog import log_event, setup_logging
+from model.lifecycle import stop_on_signals
+from model.features import get_preset
+from model.network import DEFAULT_ARCHITECTURE, get_architecture
+
+log = logging.getLogger("fedser.client")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fedser-client",
+        description="Train the federation's speech-emotion model on local RAVDESS-named WAV files; "
+        "only model weights and scores leave the device.",
+    )
+    p.add_argument("--server", required=True, help="aggregator address HOST:PORT")
+    p.add_argument("--data", required=True, type=Path, help="folder of local speech files (RAVDESS naming)")
+    p.add_argument("--client-id", default=socket.gethostname(), help="stable id of this device (default: host name)")
+    p.add_argument("--rounds", type=int, default=0, help="contribute to N rounds, then stop; 0: until the federation finishes")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N")
+    p.add_argument("--heldout-fraction", type=float, default=0.25, help="share of local speakers held out for evaluation")
+    p.add_argument("--seed", type=int, default=0, help="seed of the speaker split and batch order")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch; 0 keeps torch's default")
+    p.add_argument("--skip-unreadable", action="store_true", help="leave out unreadable audio files instead of stopping")
+    p.add_argument("--rpc-timeout", type=float, default=120.0, help="deadline of each RPC in seconds")
+    p.add_argument("--max-backoff", type=float, default=30.0, help="longest wait between reconnect attempts")
+    p.add_argument("--progress", action="store_true", help="show a progress bar while extracting features")
+    p.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    return p
+
+
+def _validate(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    host, sep, port = a.server.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        p.error(f"--server must be HOST:PORT, got {a.server!r}")
+    if a.rounds < 0:
+        p.error("--rounds must be >= 0")
+    if not 0.0 <= a.heldout_fraction < 1.0:
+        p.error("--heldout-fraction must be in [0, 1)")
+    if a.threads < 0 or a.rpc_timeout <= 0 or a.max_backoff <= 0:
+        p.error("--threads must be >= 0, --rpc-timeout and --max-backoff > 0")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _validate(parser, args)
+    setup_logging(args.log_level)
+    stop = stop_on_signals(log)
+    try:
+        return run(args, stop)
+    except ClientError as exc:
+        log_event(log, "error", logging.ERROR, detail=str(exc))
+        print(f"fedser-client: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except grpc.RpcError as exc:
+        print(f"fedser-client: error: aggregator answered {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 4
+    except ValueError as exc:
+        print(f"fedser-client: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace, stop: threading.Event) -> int:
+    if args.threads:
+        torch_threads(args.threads)
+    device = pick_device(args.device)
+    # The label set and preset come from the architecture the client was built for;
+    # the aggregator's first answer is checked against them before any training.
+    arch = get_architecture(DEFAULT_ARCHITECTURE)
+    preset = get_preset(arch.preset)
+    progress = None
+    bar = None
+    if args.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(desc="features", unit="file", file=sys.stderr)
+        progress = bar.update
+    data = load_local_data(args.data, arch.classes, preset, args.heldout_fraction, args.seed,
+                           args.skip_unreadable, progress)
+    if bar is not None:
+        bar.close()
+    log_event(log, "data_ready", train=len(data.train_y), heldout=len(data.heldout_y),
+              train_speakers=data.train_speakers, heldout_speakers=data.heldout_speakers, device=str(device))
+    client = AggregatorClient(args.server, stop, BackoffPolicy(max_s=args.max_backoff), args.rpc_timeout)
+    try:
+        session = FederatedSession(
+            SessionConfig(args.client_id, args.rounds, device, args.seed), data, arch.classes, client, stop
+        )
+        session.run()
+    finally:
+        client.close()
+    return 0
+
+
+def torch_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+    os.environ["OMP_NUM_THREADS"] = str(n)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

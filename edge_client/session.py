@@ -1,0 +1,145 @@
+"""The client's federated loop: pull, evaluate, train, push, wait for the next global model."""
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from dataclasses import dataclass
+
+import grpc
+import torch
+
+from edge_client.dataset import LocalData
+from edge_client.errors import ModelMismatchError, RefusedError
+from edge_client.training import TrainingInterrupted, evaluate, train_local
+from edge_client.transport import AggregatorClient, PulledModel, Stopped
+from fedser.v1 import aggregator_pb2 as pb
+from model.eventlog import log_event
+from model.plan import TrainingPlan
+from model.network import Architecture, UnknownArchitectureError, build_model, get_architecture
+from model.serialization import arrays_to_bytes, load_arrays_into, module_to_arrays, sha256_hex
+
+log = logging.getLogger("fedser.client")
+
+POLL_WAIT_S = 10.0
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    client_id: str
+    max_rounds: int  # 0: until the federation finishes
+    device: torch.device
+    seed: int = 0
+
+
+class FederatedSession:
+    """Runs rounds against one aggregator until done, finished, or stopped."""
+
+    def __init__(self, config: SessionConfig, data: LocalData, classes: tuple[str, ...], client: AggregatorClient,
+                 stop: threading.Event) -> None:
+        self.config = config
+        self.data = data
+        self.classes = classes
+        self.client = client
+        self.stop = stop
+        self.rounds_done = 0
+
+    def run(self) -> int:
+        """Returns the number of rounds this client contributed to."""
+        try:
+            self._run()
+        except Stopped:
+            log_event(log, "stopped", rounds_done=self.rounds_done)
+        return self.rounds_done
+
+    def _run(self) -> None:
+        cid = self.config.client_id
+        current = self.client.with_retry("PullModel", lambda: self.client.pull(cid))
+        arch = self._check_model(current.header)
+        model = build_model(arch.id)
+        self._evaluate_and_report(model, current)
+        while not current.header.finished and not self._done():
+            if self.stop.is_set():
+                raise Stopped()
+            self._contribute(model, current)
+            current = self._wait_for_next(current.header.model_version + 1)
+            self._evaluate_and_report(model, current)
+        log_event(log, "finished", rounds_done=self.rounds_done, model_version=current.header.model_version)
+
+    def _done(self) -> bool:
+        return bool(self.config.max_rounds) and self.rounds_done >= self.config.max_rounds
+
+    def _check_model(self, header: pb.ModelHeader) -> Architecture:
+        try:
+            arch = get_architecture(header.architecture_id)
+        except UnknownArchitectureError as exc:
+            raise ModelMismatchError(f"aggregator trains {exc.args[0]}") from None
+        if tuple(header.labels) != self.classes or tuple(arch.classes) != self.classes:
+            raise ModelMismatchError(
+                f"aggregator's model predicts labels {list(header.labels)}, this client's data has {list(self.classes)}"
+            )
+        return arch
+
+    def _wait_for_next(self, min_version: int) -> PulledModel:
+        cid = self.config.client_id
+        while True:
+            pulled = self.client.with_retry(
+                "PullModel", lambda: self.client.pull(cid, min_version=min_version, wait_s=POLL_WAIT_S)
+            )
+            if pulled.arrays is not None:
+                return pulled
+            if self.stop.is_set():
+                raise Stopped()
+
+    def _contribute(self, model: torch.nn.Module, pulled: PulledModel) -> None:
+        h = pulled.header
+        load_arrays_into(model, pulled.arrays)
+        plan = TrainingPlan(h.plan.local_epochs, h.plan.batch_size, h.plan.learning_rate)
+        try:
+            result = train_local(model, self.data.train_x, self.data.train_y, plan, self.config.device,
+                                 seed=self.config.seed * 100003 + h.round, stop=self.stop)
+        except TrainingInterrupted:
+            raise Stopped() from None
+        log_event(log, "trained", round=h.round, samples=result.num_samples, loss=round(result.loss, 4),
+                  accuracy=round(result.accuracy, 4))
+        payload = arrays_to_bytes(module_to_arrays(model))
+        header = pb.UpdateHeader(
+            client_id=self.config.client_id,
+            round=h.round,
+            num_samples=result.num_samples,
+            update_id=uuid.uuid4().hex,  # reused by every retry of this push
+            total_bytes=len(payload),
+            sha256=sha256_hex(payload),
+            train_loss=result.loss,
+            train_accuracy=result.accuracy,
+            base_version=h.model_version,
+            encoding=pb.UPDATE_ENCODING_FLOAT32,
+        )
+        try:
+            reply = self.client.with_retry("PushUpdate", lambda: self.client.push(header, payload))
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS):
+                # Too late (the round closed without us) or already counted: join the next round.
+                log_event(log, "update_refused", logging.WARNING, round=h.round, code=exc.code().name,
+                          detail=exc.details())
+                return
+            raise RefusedError(f"aggregator refused the update: {exc.code().name}: {exc.details()}") from None
+        self.rounds_done += 1
+        log_event(log, "update_pushed", round=h.round, duplicate=reply.duplicate,
+                  accepted_in_round=reply.accepted_in_round, clients_per_round=reply.clients_per_round)
+
+    def _evaluate_and_report(self, model: torch.nn.Module, pulled: PulledModel) -> None:
+        if len(self.data.heldout_y) == 0:
+            return
+        load_arrays_into(model, pulled.arrays)
+        result = evaluate(model, self.data.heldout_x, self.data.heldout_y, len(self.classes), self.config.device)
+        s = result.scores
+        request = pb.ReportEvaluationRequest(
+            client_id=self.config.client_id,
+            model_version=pulled.header.model_version,
+            metrics=pb.EvaluationMetrics(examples=s.examples, loss=result.loss, accuracy=s.accuracy, uar=s.uar,
+                                         confusion=[int(v) for v in s.confusion.ravel()]),
+        )
+        self.client.with_retry("ReportEvaluation", lambda: self.client.report(request))
+        log_event(log, "evaluated", model_version=pulled.header.model_version, examples=s.examples,
+                  loss=round(result.loss, 4), accuracy=round(s.accuracy, 4), uar=round(s.uar, 4))

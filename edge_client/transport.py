@@ -1,0 +1,116 @@
+"""gRPC calls to the aggregator, with chunking, checksums and retry on unreachable servers."""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterator, TypeVar
+
+import grpc
+import numpy as np
+
+from edge_client.backoff import BackoffPolicy
+from edge_client.errors import ClientError
+from fedser.v1 import aggregator_pb2 as pb
+from fedser.v1 import aggregator_pb2_grpc as pb_grpc
+from model.eventlog import log_event
+from model.serialization import MalformedTensorsError, bytes_to_arrays, iter_chunks, sha256_hex
+
+log = logging.getLogger("fedser.client")
+
+T = TypeVar("T")
+
+# Codes that mean "try again later"; anything else is an answer.
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+MESSAGE_LIMIT = 8 << 20
+
+
+class Stopped(Exception):
+    """The client was asked to stop while waiting or retrying."""
+
+
+@dataclass(frozen=True)
+class PulledModel:
+    header: pb.ModelHeader
+    arrays: dict[str, np.ndarray] | None  # None when the payload was omitted (not ready yet)
+
+
+class AggregatorClient:
+    """One channel to the aggregator; every call has a deadline."""
+
+    def __init__(self, target: str, stop: threading.Event, backoff: BackoffPolicy, rpc_timeout_s: float = 120.0,
+                 rng: random.Random | None = None) -> None:
+        self.target = target
+        self._stop = stop
+        self._backoff = backoff
+        self._timeout = rpc_timeout_s
+        self._rng = rng or random.Random()
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", MESSAGE_LIMIT),
+                ("grpc.max_send_message_length", MESSAGE_LIMIT),
+            ],
+        )
+        self._stub = pb_grpc.AggregatorStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def with_retry(self, what: str, call: Callable[[], T]) -> T:
+        """Run ``call``; while the aggregator is unreachable, retry with jittered backoff until stopped."""
+        delays = self._backoff.delays(self._rng)
+        attempt = 0
+        while True:
+            if self._stop.is_set():
+                raise Stopped()
+            try:
+                return call()
+            except grpc.RpcError as exc:
+                if exc.code() not in RETRYABLE:
+                    raise
+                attempt += 1
+                delay = next(delays)
+                log_event(log, "retrying", logging.WARNING, rpc=what, attempt=attempt, code=exc.code().name,
+                          delay_s=round(delay, 2))
+                if self._stop.wait(delay):
+                    raise Stopped() from None
+
+    def pull(self, client_id: str, min_version: int = 0, wait_s: float = 0.0) -> PulledModel:
+        """The global model (or, when min_version is not reached in wait_s, only its header)."""
+        request = pb.PullModelRequest(client_id=client_id, min_version=min_version, wait_seconds=wait_s)
+        stream = self._stub.PullModel(request, timeout=self._timeout + wait_s)
+        first = next(stream, None)
+        if first is None or first.WhichOneof("payload") != "header":
+            raise ClientError("aggregator sent a model stream without a header")
+        header = first.header
+        if header.payload_omitted:
+            return PulledModel(header, None)
+        payload = bytearray()
+        for msg in stream:
+            payload += msg.chunk
+            if len(payload) > header.total_bytes:
+                raise ClientError("aggregator sent more model bytes than its header declared")
+        if len(payload) != header.total_bytes or sha256_hex(payload) != header.sha256:
+            raise ClientError("global model arrived damaged (size or checksum mismatch)")
+        try:
+            return PulledModel(header, bytes_to_arrays(bytes(payload)))
+        except MalformedTensorsError as exc:
+            raise ClientError(f"global model is not valid safetensors: {exc}") from None
+
+    def push(self, header: pb.UpdateHeader, payload: bytes) -> pb.PushUpdateResponse:
+        """Stream the header, then the payload in chunks."""
+
+        def messages() -> Iterator[pb.PushUpdateRequest]:
+            yield pb.PushUpdateRequest(header=header)
+            for chunk in iter_chunks(payload):
+                yield pb.PushUpdateRequest(chunk=chunk)
+
+        return self._stub.PushUpdate(messages(), timeout=self._timeout)
+
+    def report(self, request: pb.ReportEvaluationRequest) -> pb.ReportEvaluationResponse:
+        return self._stub.ReportEvaluation(request, timeout=self._timeout)
+
+    def status(self) -> pb.GetStatusResponse:
+        return self._stub.GetStatus(pb.GetStatusRequest(), timeout=self._timeout)
