@@ -1,0 +1,1 @@
+"""fedser experiments: demo corpus, demo run and simulations."""
