@@ -26,7 +26,7 @@ from fedser.v1 import aggregator_pb2_grpc as pb_grpc
 class DemoConfig:
     clients: int = 4
     actors_per_client: int = 6
-    rounds: int = 25
+    rounds: int = 40
     local_epochs: int = 2
     batch_size: int = 16
     learning_rate: float = 1e-3
