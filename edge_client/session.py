@@ -43,6 +43,9 @@ class FederatedSession:
         self.client = client
         self.stop = stop
         self.rounds_done = 0
+        # The last accepted push, kept until its round closes: an aggregator that
+        # restarted from its checkpoint lost it, and the same update id makes a re-push safe.
+        self._pending: tuple[pb.UpdateHeader, bytes, int] | None = None
 
     def run(self) -> int:
         """Returns the number of rounds this client contributed to."""
@@ -87,9 +90,36 @@ class FederatedSession:
                 "PullModel", lambda: self.client.pull(cid, min_version=min_version, wait_s=POLL_WAIT_S)
             )
             if pulled.arrays is not None:
+                self._pending = None
                 return pulled
             if self.stop.is_set():
                 raise Stopped()
+            self._repush_after_outage(pulled.header)
+
+    def _repush_after_outage(self, header: pb.ModelHeader) -> None:
+        if self._pending is None:
+            return
+        update, payload, outages = self._pending
+        if self.client.outages == outages or header.round != update.round:
+            return
+        log_event(log, "update_repushed", round=update.round, reason="aggregator was unreachable")
+        self._pending = (update, payload, self.client.outages)
+        self._push(update, payload)
+
+    def _push(self, header: pb.UpdateHeader, payload: bytes) -> bool:
+        """Push with retries; False when the round is over or already has this client."""
+        try:
+            reply = self.client.with_retry("PushUpdate", lambda: self.client.push(header, payload))
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS):
+                # Too late (the round closed without us) or already counted: join the next round.
+                log_event(log, "update_refused", logging.WARNING, round=header.round, code=exc.code().name,
+                          detail=exc.details())
+                return False
+            raise RefusedError(f"aggregator refused the update: {exc.code().name}: {exc.details()}") from None
+        log_event(log, "update_pushed", round=header.round, duplicate=reply.duplicate,
+                  accepted_in_round=reply.accepted_in_round, clients_per_round=reply.clients_per_round)
+        return True
 
     def _contribute(self, model: torch.nn.Module, pulled: PulledModel) -> None:
         h = pulled.header
@@ -115,18 +145,10 @@ class FederatedSession:
             base_version=h.model_version,
             encoding=pb.UPDATE_ENCODING_FLOAT32,
         )
-        try:
-            reply = self.client.with_retry("PushUpdate", lambda: self.client.push(header, payload))
-        except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS):
-                # Too late (the round closed without us) or already counted: join the next round.
-                log_event(log, "update_refused", logging.WARNING, round=h.round, code=exc.code().name,
-                          detail=exc.details())
-                return
-            raise RefusedError(f"aggregator refused the update: {exc.code().name}: {exc.details()}") from None
-        self.rounds_done += 1
-        log_event(log, "update_pushed", round=h.round, duplicate=reply.duplicate,
-                  accepted_in_round=reply.accepted_in_round, clients_per_round=reply.clients_per_round)
+        outages = self.client.outages
+        if self._push(header, payload):
+            self.rounds_done += 1
+            self._pending = (header, payload, outages)
 
     def _evaluate_and_report(self, model: torch.nn.Module, pulled: PulledModel) -> None:
         if len(self.data.heldout_y) == 0:

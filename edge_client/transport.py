@@ -54,6 +54,9 @@ class AggregatorClient:
             ],
         )
         self._stub = pb_grpc.AggregatorStub(self._channel)
+        # Calls that had to be retried because the aggregator was unreachable: a
+        # change tells the session the aggregator may have restarted.
+        self.outages = 0
 
     def close(self) -> None:
         self._channel.close()
@@ -71,6 +74,8 @@ class AggregatorClient:
                 if exc.code() not in RETRYABLE:
                     raise
                 attempt += 1
+                if attempt == 1:
+                    self.outages += 1
                 delay = next(delays)
                 log_event(log, "retrying", logging.WARNING, rpc=what, attempt=attempt, code=exc.code().name,
                           delay_s=round(delay, 2))
