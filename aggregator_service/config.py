@@ -30,6 +30,12 @@ class AggregatorConfig:
     max_workers: int = 64
     ready_file: Path | None = None
     log_level: str = "info"
+    # Security: TLS + tokens unless insecure is asked for explicitly.
+    insecure: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    tokens_file: Path | None = None
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -65,6 +71,20 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--learning-rate", float, r.plan.learning_rate, "learning rate in each client's plan")
     add("--max-samples", int, r.max_samples, "largest n_k an update may declare")
     add("--max-workers", int, d.max_workers, "gRPC worker threads (each open stream holds one)")
+    add("--max-streams-per-client", int, d.limits.max_streams_per_client, "open streams one client may hold")
+    add("--max-chunk-bytes", int, d.limits.max_chunk_bytes, "largest chunk (and gRPC message) accepted")
+    add("--aggregation", str, r.aggregation, "fedavg (streaming), trimmed-mean or median (hold K updates)")
+    add("--trim-fraction", float, r.trim_fraction, "share trimmed from each end by trimmed-mean")
+    add("--clip-norm", float, r.clip_norm, "clip each update's L2 distance from the global model; 0: off")
+    add("--tls-cert", Path, None, "PEM server certificate (chain)")
+    add("--tls-key", Path, None, "PEM private key of the server certificate")
+    add("--tls-client-ca", Path, None, "PEM CA of client certificates: turns on mutual TLS")
+    add("--tokens-file", Path, None, "one 'client-id:token' per line (e.g. a mounted Secret)")
+    p.add_argument(
+        "--insecure", action="store_true",
+        default=env.get("FEDSER_INSECURE", "").lower() in ("1", "true", "yes"),
+        help="plaintext gRPC without tokens, for local demos only (default: off)",
+    )
     add("--ready-file", Path, None, "write the bound ports here as JSON once serving")
     add("--log-level", str, d.log_level, "debug, info, warning or error")
     return p
@@ -77,6 +97,15 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
     a = parser.parse_args(argv)
     if a.architecture not in ARCHITECTURES:
         parser.error(f"unknown architecture {a.architecture!r}; known: {', '.join(ARCHITECTURES)}")
+    if not a.insecure and not (a.tls_cert and a.tls_key and a.tokens_file):
+        parser.error("serving needs --tls-cert, --tls-key and --tokens-file; "
+                     "pass --insecure for plaintext without tokens (local demos only)")
+    if bool(a.tls_cert) != bool(a.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    if a.tls_client_ca and not a.tls_cert:
+        parser.error("--tls-client-ca needs --tls-cert and --tls-key")
+    if a.max_streams_per_client < 1 or a.max_chunk_bytes < 1024:
+        parser.error("--max-streams-per-client must be >= 1 and --max-chunk-bytes >= 1024")
     for name in ("port", "metrics_port"):
         if not 0 <= getattr(a, name) <= 65535:
             parser.error(f"--{name.replace('_', '-')} must be 0..65535")
@@ -88,6 +117,9 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
             max_rounds=a.rounds,
             max_samples=a.max_samples,
             plan=TrainingPlan(a.local_epochs, a.batch_size, a.learning_rate),
+            aggregation=a.aggregation,
+            trim_fraction=a.trim_fraction,
+            clip_norm=a.clip_norm,
         )
     except ValueError as exc:
         parser.error(str(exc))
@@ -101,7 +133,13 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         architecture=a.architecture,
         seed=a.seed,
         rounds=rounds,
+        limits=ServiceLimits(max_streams_per_client=a.max_streams_per_client, max_chunk_bytes=a.max_chunk_bytes),
         max_workers=max(4, a.max_workers),
+        insecure=a.insecure,
+        tls_cert=a.tls_cert,
+        tls_key=a.tls_key,
+        tls_client_ca=a.tls_client_ca,
+        tokens_file=a.tokens_file,
         ready_file=a.ready_file,
         log_level=a.log_level,
     )

@@ -41,6 +41,12 @@ class DuplicateClientError(RejectedError):
     reason = "duplicate_client"
 
 
+class TooManyStreamsError(RejectedError):
+    """A client already has the allowed number of streams open (RESOURCE_EXHAUSTED)."""
+
+    reason = "too_many_streams"
+
+
 class InvalidReportError(RejectedError):
     """An evaluation report that cannot be right (INVALID_ARGUMENT)."""
 

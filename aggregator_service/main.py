@@ -6,6 +6,7 @@ import sys
 from typing import Sequence
 
 from aggregator_service.config import parse_config
+from aggregator_service.security import SecurityConfigError
 from aggregator_service.server import CheckpointMismatchError, start
 from model.eventlog import log_event, setup_logging
 from model.lifecycle import stop_on_signals
@@ -18,7 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(config.log_level)
     try:
         running = start(config)
-    except (CheckpointMismatchError, OSError) as exc:
+    except (CheckpointMismatchError, SecurityConfigError, OSError) as exc:
         log_event(log, "startup_failed", logging.ERROR, detail=str(exc))
         print(f"fedser-aggregator: error: {exc}", file=sys.stderr)
         return 1

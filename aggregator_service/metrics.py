@@ -35,6 +35,13 @@ class AggregatorMetrics:
         self.updates = Counter(
             "fedser_updates", "Pushed updates by outcome and reason.", ["status", "reason"], registry=r
         )
+        self.updates_clipped = Counter(
+            "fedser_updates_clipped", "Accepted updates whose norm was clipped to --clip-norm.", registry=r
+        )
+        self.auth_failures = Counter(
+            "fedser_auth_failures", "Requests refused for a missing, unknown or foreign token.", ["rpc", "reason"],
+            registry=r,
+        )
         self.evaluation_reports = Counter(
             "fedser_evaluation_reports", "Evaluation reports by outcome.", ["status"], registry=r
         )

@@ -22,8 +22,12 @@ from aggregator_service.errors import (
 )
 from aggregator_service.evaluations import EvalMetrics, check_report, pool
 from aggregator_service.fedavg import FedAvgAccumulator
+from aggregator_service.robust import Aggregator, StackedAggregator, clip_update
 from aggregator_service.validation import check_identifier, check_num_samples
 from model.plan import TrainingPlan
+
+
+AGGREGATIONS = ("fedavg", "trimmed-mean", "median")
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,10 @@ class RoundConfig:
     max_rounds: int = 0  # 0: run until stopped
     max_samples: int = 10_000_000
     plan: TrainingPlan = field(default_factory=TrainingPlan)
+    # "fedavg" streams in O(model); "trimmed-mean" and "median" hold K updates.
+    aggregation: str = "fedavg"
+    trim_fraction: float = 0.1
+    clip_norm: float = 0.0  # > 0: clip each update's distance from the global model
 
     def __post_init__(self) -> None:
         if self.clients_per_round < 1:
@@ -46,6 +54,12 @@ class RoundConfig:
             raise ValueError("round_timeout_s must be > 0")
         if self.max_rounds < 0:
             raise ValueError("max_rounds must be >= 0")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}")
+        if not 0.0 <= self.trim_fraction < 0.5:
+            raise ValueError("trim_fraction must be in [0, 0.5)")
+        if self.clip_norm < 0:
+            raise ValueError("clip_norm must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -65,6 +79,7 @@ class AcceptResult:
     duplicate: bool
     round: int
     accepted_in_round: int
+    clipped: bool = False
 
 
 @dataclass(frozen=True)
@@ -208,6 +223,10 @@ class RoundManager:
             seen = self._check_locked(meta)
             if seen is not None:
                 return seen
+            clipped = False
+            if self.config.clip_norm > 0:
+                arrays, norm = clip_update(arrays, self._global.arrays, self.config.clip_norm)
+                clipped = norm > self.config.clip_norm
             self._acc.add(arrays, meta.num_samples)
             self._contributors.add(meta.client_id)
             self._update_ids[meta.update_id] = self._round
@@ -215,7 +234,7 @@ class RoundManager:
                 self._update_ids.popitem(last=False)
             self._loss_sum += meta.train_loss * meta.num_samples
             self._acc_sum += meta.train_accuracy * meta.num_samples
-            result = AcceptResult(False, self._round, self._acc.updates)
+            result = AcceptResult(False, self._round, self._acc.updates, clipped)
             if self._acc.updates >= self.config.clients_per_round:
                 self._try_close_locked("quorum")
             return result
@@ -293,7 +312,7 @@ class RoundManager:
 
     def _open_round(self) -> None:
         self._round = self._global.version + 1
-        self._acc = FedAvgAccumulator(self._template)
+        self._acc = self._new_aggregator()
         self._contributors: set[str] = set()
         self._loss_sum = 0.0
         self._acc_sum = 0.0
@@ -305,6 +324,11 @@ class RoundManager:
             self._listener.federation_finished(self._global.version)
         else:
             self._listener.round_opened(self._round, self._deadline_unix)
+
+    def _new_aggregator(self) -> Aggregator:
+        if self.config.aggregation == "fedavg":
+            return FedAvgAccumulator(self._template)
+        return StackedAggregator(self._template, self.config.aggregation, self.config.trim_fraction)
 
     def _try_close_locked(self, closed_by: str) -> None:
         # The update that triggered the close is already counted; a failed

@@ -18,6 +18,7 @@ from aggregator_service.checkpoints import Checkpoint, CheckpointStore, encode_c
 from aggregator_service.config import AggregatorConfig
 from aggregator_service.metrics import AggregatorMetrics
 from aggregator_service.rounds import RoundManager, RoundSummary
+from aggregator_service.security import Authenticator, SecurityConfigError, TlsFiles, TokenTable, server_credentials
 from aggregator_service.servicer import AggregatorServicer, ModelIdentity
 from fedser.v1 import aggregator_pb2 as pb
 from fedser.v1 import aggregator_pb2_grpc as pb_grpc
@@ -134,6 +135,13 @@ class RunningAggregator:
 def start(config: AggregatorConfig) -> RunningAggregator:
     """Start serving; resumes from ``config.checkpoint_dir`` and writes ``config.ready_file``."""
     arch = get_architecture(config.architecture)
+    # Security files are read first: a bad one stops start-up before anything listens.
+    if not config.insecure and (config.tokens_file is None or config.tls_cert is None or config.tls_key is None):
+        raise SecurityConfigError("TLS certificate, key and tokens file are required unless insecure mode is asked for")
+    tokens = None if config.insecure else TokenTable.from_file(config.tokens_file)
+    credentials = None
+    if config.tls_cert is not None and config.tls_key is not None:
+        credentials = server_credentials(TlsFiles(config.tls_cert, config.tls_key, config.tls_client_ca))
     store = CheckpointStore(config.checkpoint_dir, keep=config.keep_checkpoints)
     metrics = AggregatorMetrics()
     metrics.set_build(__version__, arch.id)
@@ -151,11 +159,18 @@ def start(config: AggregatorConfig) -> RunningAggregator:
         maximum_concurrent_rpcs=config.max_workers * 4,
     )
     identity = ModelIdentity(arch.id, arch.classes, arch.preset)
-    pb_grpc.add_AggregatorServicer_to_server(AggregatorServicer(manager, metrics, identity, config.limits), server)
+    servicer = AggregatorServicer(manager, metrics, identity, config.limits, Authenticator(tokens))
+    pb_grpc.add_AggregatorServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    address = f"{config.host}:{config.port}"
+    if credentials is None:
+        log_event(log, "insecure_mode", logging.WARNING,
+                  detail="plaintext gRPC without client tokens: anyone who reaches the port can take part")
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {config.host}:{config.port}")
     http, _ = start_http_server(config.metrics_port, addr=config.metrics_host, registry=metrics.registry)
@@ -174,6 +189,8 @@ def start(config: AggregatorConfig) -> RunningAggregator:
     ticker.start()
     log_event(
         log, "serving", host=config.host, port=port, metrics_port=metrics_port, architecture=arch.id,
+        tls=credentials is not None, mutual_tls=config.tls_client_ca is not None, clients_with_tokens=len(tokens or ()),
+        aggregation=config.rounds.aggregation,
         model_version=initial.version, round=manager.status().round,
         clients_per_round=config.rounds.clients_per_round, min_clients=config.rounds.min_clients,
     )

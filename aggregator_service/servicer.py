@@ -6,6 +6,9 @@ fedser_updates_total, and answered with a status code and message.
 from __future__ import annotations
 
 import logging
+import threading
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -18,11 +21,13 @@ from aggregator_service.errors import (
     InvalidReportError,
     InvalidUpdateError,
     RejectedError,
+    TooManyStreamsError,
     WrongRoundError,
 )
 from aggregator_service.evaluations import EvalMetrics
 from aggregator_service.metrics import AggregatorMetrics
-from aggregator_service.rounds import RoundManager, UpdateMeta
+from aggregator_service.rounds import AcceptResult, RoundManager, UpdateMeta
+from aggregator_service.security import Authenticator, PermissionDeniedError, UnauthenticatedError
 from aggregator_service.validation import check_declared_size, check_tensors
 from fedser.v1 import aggregator_pb2 as pb
 from fedser.v1 import aggregator_pb2_grpc as pb_grpc
@@ -37,6 +42,9 @@ STATUS_FOR_ERROR: dict[type[RejectedError], grpc.StatusCode] = {
     WrongRoundError: grpc.StatusCode.FAILED_PRECONDITION,
     FederationFinishedError: grpc.StatusCode.FAILED_PRECONDITION,
     DuplicateClientError: grpc.StatusCode.ALREADY_EXISTS,
+    TooManyStreamsError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 
@@ -48,6 +56,7 @@ class ServiceLimits:
     max_chunk_bytes: int = 4 << 20
     size_margin_bytes: int = 64 << 10
     max_wait_s: float = 30.0
+    max_streams_per_client: int = 2
 
 
 @dataclass(frozen=True)
@@ -61,15 +70,55 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
     """Implements fedser.v1.Aggregator on top of a RoundManager."""
 
     def __init__(
-        self, manager: RoundManager, metrics: AggregatorMetrics, identity: ModelIdentity, limits: ServiceLimits
+        self, manager: RoundManager, metrics: AggregatorMetrics, identity: ModelIdentity, limits: ServiceLimits,
+        auth: Authenticator | None = None,
     ) -> None:
         self._manager = manager
         self._metrics = metrics
         self._identity = identity
         self._limits = limits
+        self._auth = auth or Authenticator(None)
+        self._streams: Counter[str] = Counter()
+        self._streams_lock = threading.Lock()
+
+    @contextmanager
+    def _stream_slot(self, client_id: str) -> Iterator[None]:
+        """Bound the streams one client holds open at once (each holds a worker thread)."""
+        with self._streams_lock:
+            if self._streams[client_id] >= self._limits.max_streams_per_client:
+                raise TooManyStreamsError(
+                    f"client already has {self._limits.max_streams_per_client} streams open"
+                )
+            self._streams[client_id] += 1
+        try:
+            yield
+        finally:
+            with self._streams_lock:
+                self._streams[client_id] -= 1
+                if not self._streams[client_id]:
+                    del self._streams[client_id]
+
+    def _authorize(self, context: grpc.ServicerContext, client_id: str | None, rpc: str) -> None:
+        """Check the caller's token (and that it belongs to ``client_id``); abort with the right code."""
+        try:
+            identity = self._auth.identify(context)
+            if client_id is not None:
+                self._auth.authorize(identity, client_id)
+        except RejectedError as exc:
+            self._metrics.auth_failures.labels(rpc=rpc, reason=exc.reason).inc()
+            log_event(log, "request_rejected", logging.WARNING, rpc=rpc, reason=exc.reason)
+            context.abort(STATUS_FOR_ERROR[type(exc)], str(exc))
 
     # -- PullModel -----------------------------------------------------
     def PullModel(self, request: pb.PullModelRequest, context: grpc.ServicerContext) -> Iterator[pb.PullModelResponse]:
+        self._authorize(context, request.client_id, "PullModel")
+        try:
+            with self._stream_slot(request.client_id):
+                yield from self._pull(request, context)
+        except TooManyStreamsError as exc:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+
+    def _pull(self, request: pb.PullModelRequest, context: grpc.ServicerContext) -> Iterator[pb.PullModelResponse]:
         wait = min(max(request.wait_seconds, 0.0), self._limits.max_wait_s)
         remaining = context.time_remaining()
         if remaining is not None:
@@ -109,40 +158,46 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
 
     # -- PushUpdate ----------------------------------------------------
     def PushUpdate(self, request_iterator: Iterable[pb.PushUpdateRequest], context: grpc.ServicerContext) -> pb.PushUpdateResponse:
-        meta: UpdateMeta | None = None
+        header: pb.UpdateHeader | None = None
         try:
+            identity = self._auth.identify(context)  # before reading anything from the stream
             first = next(iter(request_iterator), None)
             if first is None or first.WhichOneof("payload") != "header":
                 raise InvalidUpdateError("the first message of a push must be the header", reason="bad_header")
-            h = first.header
-            meta = UpdateMeta(
-                client_id=h.client_id,
-                round=h.round,
-                num_samples=h.num_samples,
-                update_id=h.update_id,
-                train_loss=h.train_loss if _finite(h.train_loss) else 0.0,
-                train_accuracy=h.train_accuracy if _finite(h.train_accuracy) else 0.0,
-            )
-            if h.encoding not in (pb.UPDATE_ENCODING_UNSPECIFIED, pb.UPDATE_ENCODING_FLOAT32):
-                raise InvalidUpdateError(f"unsupported update encoding {h.encoding}", reason="bad_header")
-            model_bytes = len(self._manager.global_model.payload)
-            check_declared_size(h.total_bytes, h.sha256, model_bytes + self._limits.size_margin_bytes)
-            seen = self._manager.precheck(meta)
-            if seen is not None:
-                return self._acknowledge(meta, seen)
-            payload = self._read_payload(request_iterator, h.total_bytes)
-            if sha256_hex(payload) != h.sha256:
-                raise InvalidUpdateError("checksum does not match the payload", reason="checksum")
-            try:
-                arrays = bytes_to_arrays(payload)
-            except MalformedTensorsError as exc:
-                raise InvalidUpdateError(str(exc), reason="malformed") from None
-            check_tensors(arrays, self._manager.template)
-            result = self._manager.accept(meta, arrays)
-            return self._acknowledge(meta, result)
+            header = first.header
+            self._auth.authorize(identity, header.client_id)
+            with self._stream_slot(header.client_id):
+                return self._push(request_iterator, header)
         except RejectedError as exc:
-            self._reject(context, exc, meta)
+            self._reject(context, exc, header)
             raise AssertionError("unreachable")  # context.abort raises
+
+    def _push(self, request_iterator: Iterable[pb.PushUpdateRequest], h: pb.UpdateHeader) -> pb.PushUpdateResponse:
+        """Header checks first, then the bulk bytes, then the tensors, then the round logic."""
+        meta = UpdateMeta(
+            client_id=h.client_id,
+            round=h.round,
+            num_samples=h.num_samples,
+            update_id=h.update_id,
+            train_loss=h.train_loss if _finite(h.train_loss) else 0.0,
+            train_accuracy=h.train_accuracy if _finite(h.train_accuracy) else 0.0,
+        )
+        if h.encoding not in (pb.UPDATE_ENCODING_UNSPECIFIED, pb.UPDATE_ENCODING_FLOAT32):
+            raise InvalidUpdateError(f"unsupported update encoding {h.encoding}", reason="bad_header")
+        model_bytes = len(self._manager.global_model.payload)
+        check_declared_size(h.total_bytes, h.sha256, model_bytes + self._limits.size_margin_bytes)
+        seen = self._manager.precheck(meta)
+        if seen is not None:
+            return self._acknowledge(meta, seen)
+        payload = self._read_payload(request_iterator, h.total_bytes)
+        if sha256_hex(payload) != h.sha256:
+            raise InvalidUpdateError("checksum does not match the payload", reason="checksum")
+        try:
+            arrays = bytes_to_arrays(payload)
+        except MalformedTensorsError as exc:
+            raise InvalidUpdateError(str(exc), reason="malformed") from None
+        check_tensors(arrays, self._manager.template)
+        return self._acknowledge(meta, self._manager.accept(meta, arrays))
 
     def _read_payload(self, request_iterator: Iterable[pb.PushUpdateRequest], total: int) -> bytearray:
         buf = bytearray(total)
@@ -163,8 +218,10 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             raise InvalidUpdateError(f"payload has {offset} bytes, header declared {total}", reason="size_mismatch")
         return buf
 
-    def _acknowledge(self, meta: UpdateMeta, result) -> pb.PushUpdateResponse:
+    def _acknowledge(self, meta: UpdateMeta, result: AcceptResult) -> pb.PushUpdateResponse:
         self._metrics.update_accepted(result.accepted_in_round, result.duplicate)
+        if result.clipped:
+            self._metrics.updates_clipped.inc()
         log_event(
             log,
             "update_duplicate" if result.duplicate else "update_accepted",
@@ -172,6 +229,7 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             round=result.round,
             num_samples=meta.num_samples,
             accepted_in_round=result.accepted_in_round,
+            clipped=result.clipped,
         )
         return pb.PushUpdateResponse(
             accepted=True,
@@ -181,21 +239,25 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             clients_per_round=self._manager.config.clients_per_round,
         )
 
-    def _reject(self, context: grpc.ServicerContext, exc: RejectedError, meta: UpdateMeta | None) -> None:
+    def _reject(self, context: grpc.ServicerContext, exc: RejectedError, header: pb.UpdateHeader | None) -> None:
         self._metrics.update_rejected(exc.reason)
+        if isinstance(exc, (UnauthenticatedError, PermissionDeniedError)):
+            self._metrics.auth_failures.labels(rpc="PushUpdate", reason=exc.reason).inc()
         log_event(
             log,
             "update_rejected",
             logging.WARNING,
             reason=exc.reason,
             detail=str(exc),
-            client=meta.client_id if meta else None,
-            round=meta.round if meta else None,
+            # Ids reach the log only once they passed the id check (no control characters).
+            client=header.client_id if header is not None and exc.reason != "bad_header" else None,
+            round=header.round if header is not None else None,
         )
         context.abort(STATUS_FOR_ERROR.get(type(exc), grpc.StatusCode.INVALID_ARGUMENT), str(exc))
 
     # -- ReportEvaluation ----------------------------------------------
     def ReportEvaluation(self, request: pb.ReportEvaluationRequest, context: grpc.ServicerContext) -> pb.ReportEvaluationResponse:
+        self._authorize(context, request.client_id, "ReportEvaluation")
         m = request.metrics
         metrics = EvalMetrics(m.examples, m.loss, m.accuracy, m.uar, tuple(m.confusion))
         try:
@@ -220,6 +282,7 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
 
     # -- GetStatus -----------------------------------------------------
     def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.GetStatusResponse:
+        self._authorize(context, None, "GetStatus")
         status = self._manager.status()
         cfg = self._manager.config
         return pb.GetStatusResponse(

@@ -17,7 +17,7 @@ from edge_client.dataset import load_local_data
 from edge_client.errors import ClientError
 from edge_client.session import FederatedSession, SessionConfig
 from edge_client.training import pick_device
-from edge_client.transport import AggregatorClient
+from edge_client.transport import AggregatorClient, ChannelSecurity
 from model.eventlog import log_event, setup_logging
 from model.lifecycle import stop_on_signals
 from model.features import get_preset
@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-backoff", type=float, default=30.0, help="longest wait between reconnect attempts")
     p.add_argument("--progress", action="store_true", help="show a progress bar while extracting features")
     p.add_argument("--log-level", default="info", help="debug, info, warning or error")
+    sec = p.add_argument_group("security (TLS and token, or --insecure)")
+    sec.add_argument("--tls-ca", type=Path, help="PEM CA that signed the aggregator's certificate")
+    sec.add_argument("--tls-cert", type=Path, help="PEM client certificate, for mutual TLS")
+    sec.add_argument("--tls-key", type=Path, help="PEM key of the client certificate")
+    sec.add_argument("--tls-server-name", help="expected name in the aggregator's certificate, if not the host")
+    sec.add_argument("--token-file", type=Path, help="file holding this client's bearer token")
+    sec.add_argument("--insecure", action="store_true", help="plaintext without a token (local demos only)")
     return p
 
 
@@ -58,6 +65,12 @@ def _validate(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error("--heldout-fraction must be in [0, 1)")
     if a.threads < 0 or a.rpc_timeout <= 0 or a.max_backoff <= 0:
         p.error("--threads must be >= 0, --rpc-timeout and --max-backoff > 0")
+    if a.insecure and (a.tls_ca or a.token_file):
+        p.error("--insecure cannot be combined with --tls-ca or --token-file")
+    if not a.insecure and not (a.tls_ca and a.token_file):
+        p.error("connecting needs --tls-ca and --token-file; pass --insecure for plaintext (local demos only)")
+    if bool(a.tls_cert) != bool(a.tls_key):
+        p.error("--tls-cert and --tls-key go together")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,7 +114,8 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
         bar.close()
     log_event(log, "data_ready", train=len(data.train_y), heldout=len(data.heldout_y),
               train_speakers=data.train_speakers, heldout_speakers=data.heldout_speakers, device=str(device))
-    client = AggregatorClient(args.server, stop, BackoffPolicy(max_s=args.max_backoff), args.rpc_timeout)
+    client = AggregatorClient(args.server, stop, BackoffPolicy(max_s=args.max_backoff), args.rpc_timeout,
+                              security=read_security(args))
     try:
         session = FederatedSession(
             SessionConfig(args.client_id, args.rounds, device, args.seed), data, arch.classes, client, stop
@@ -110,6 +124,27 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
     finally:
         client.close()
     return 0
+
+
+def read_security(args: argparse.Namespace) -> ChannelSecurity:
+    """Load TLS files and the token named on the command line; DataError-like errors on unreadable files."""
+    if args.insecure:
+        log_event(log, "insecure_mode", logging.WARNING, detail="plaintext without a token")
+        return ChannelSecurity()
+
+    def read(path: Path | None, what: str) -> bytes | None:
+        if path is None:
+            return None
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ClientError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+    token = (read(args.token_file, "token file") or b"").decode("utf-8", "replace").strip()
+    if not token:
+        raise ClientError(f"token file {args.token_file} is empty")
+    return ChannelSecurity(read(args.tls_ca, "TLS CA"), read(args.tls_cert, "TLS certificate"),
+                           read(args.tls_key, "TLS key"), token, args.tls_server_name)
 
 
 def torch_threads(n: int) -> None:

@@ -31,6 +31,17 @@ class Stopped(Exception):
 
 
 @dataclass(frozen=True)
+class ChannelSecurity:
+    """TLS material (PEM bytes) and bearer token; all empty means plaintext without a token."""
+
+    root_ca: bytes | None = None
+    cert: bytes | None = None
+    key: bytes | None = None
+    token: str | None = None
+    server_name: str | None = None
+
+
+@dataclass(frozen=True)
 class PulledModel:
     header: pb.ModelHeader
     arrays: dict[str, np.ndarray] | None  # None when the payload was omitted (not ready yet)
@@ -40,19 +51,28 @@ class AggregatorClient:
     """One channel to the aggregator; every call has a deadline."""
 
     def __init__(self, target: str, stop: threading.Event, backoff: BackoffPolicy, rpc_timeout_s: float = 120.0,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, security: ChannelSecurity | None = None) -> None:
         self.target = target
         self._stop = stop
         self._backoff = backoff
         self._timeout = rpc_timeout_s
         self._rng = rng or random.Random()
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", MESSAGE_LIMIT),
-                ("grpc.max_send_message_length", MESSAGE_LIMIT),
-            ],
-        )
+        security = security or ChannelSecurity()
+        options = [
+            ("grpc.max_receive_message_length", MESSAGE_LIMIT),
+            ("grpc.max_send_message_length", MESSAGE_LIMIT),
+        ]
+        if security.server_name:
+            options.append(("grpc.ssl_target_name_override", security.server_name))
+        if security.root_ca is None:
+            self._channel = grpc.insecure_channel(target, options=options)
+        else:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=security.root_ca, private_key=security.key, certificate_chain=security.cert
+            )
+            self._channel = grpc.secure_channel(target, creds, options=options)
+        # The token rides on every call; it is never logged.
+        self._metadata = (("authorization", f"Bearer {security.token}"),) if security.token else ()
         self._stub = pb_grpc.AggregatorStub(self._channel)
         # Calls that had to be retried because the aggregator was unreachable: a
         # change tells the session the aggregator may have restarted.
@@ -85,7 +105,7 @@ class AggregatorClient:
     def pull(self, client_id: str, min_version: int = 0, wait_s: float = 0.0) -> PulledModel:
         """The global model (or, when min_version is not reached in wait_s, only its header)."""
         request = pb.PullModelRequest(client_id=client_id, min_version=min_version, wait_seconds=wait_s)
-        stream = self._stub.PullModel(request, timeout=self._timeout + wait_s)
+        stream = self._stub.PullModel(request, timeout=self._timeout + wait_s, metadata=self._metadata)
         first = next(stream, None)
         if first is None or first.WhichOneof("payload") != "header":
             raise ClientError("aggregator sent a model stream without a header")
@@ -112,10 +132,10 @@ class AggregatorClient:
             for chunk in iter_chunks(payload):
                 yield pb.PushUpdateRequest(chunk=chunk)
 
-        return self._stub.PushUpdate(messages(), timeout=self._timeout)
+        return self._stub.PushUpdate(messages(), timeout=self._timeout, metadata=self._metadata)
 
     def report(self, request: pb.ReportEvaluationRequest) -> pb.ReportEvaluationResponse:
-        return self._stub.ReportEvaluation(request, timeout=self._timeout)
+        return self._stub.ReportEvaluation(request, timeout=self._timeout, metadata=self._metadata)
 
     def status(self) -> pb.GetStatusResponse:
-        return self._stub.GetStatus(pb.GetStatusRequest(), timeout=self._timeout)
+        return self._stub.GetStatus(pb.GetStatusRequest(), timeout=self._timeout, metadata=self._metadata)

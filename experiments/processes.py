@@ -46,10 +46,12 @@ def start_aggregator(checkpoint_dir: Path, log_path: Path, args: Sequence[str] =
     ready = log_path.with_suffix(".ready.json")
     ready.unlink(missing_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    # Local runs are plaintext unless the caller brings TLS files.
+    security = [] if "--tls-cert" in args else ["--insecure"]
     cmd = [
         sys.executable, "-m", "aggregator_service.main",
         "--host", "127.0.0.1", "--port", str(port), "--metrics-host", "127.0.0.1", "--metrics-port", "0",
-        "--checkpoint-dir", str(checkpoint_dir), "--ready-file", str(ready), *args,
+        "--checkpoint-dir", str(checkpoint_dir), "--ready-file", str(ready), *security, *args,
     ]
     log: IO[bytes] = open(log_path, "ab")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -70,8 +72,9 @@ def start_client(target: str, data_dir: Path, client_id: str, log_path: Path, ar
                  env: dict[str, str] | None = None) -> subprocess.Popen:
     """Launch one `fedser-client` against ``target`` with its output in ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    security = [] if "--tls-ca" in args else ["--insecure"]
     cmd = [sys.executable, "-m", "edge_client.main", "--server", target, "--data", str(data_dir),
-           "--client-id", client_id, *args]
+           "--client-id", client_id, *security, *args]
     with open(log_path, "ab") as log:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 

@@ -44,7 +44,7 @@ def scrape(metrics_port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
 def aggregator(tmp_path: Path) -> Iterator[RunningAggregator]:
     """A real aggregator serving on a free 127.0.0.1 port: 2 clients per round, 1 minimum."""
     config = AggregatorConfig(
-        host="127.0.0.1", port=0, metrics_port=0, checkpoint_dir=tmp_path / "ckpt",
+        host="127.0.0.1", port=0, metrics_port=0, checkpoint_dir=tmp_path / "ckpt", insecure=True,
         rounds=RoundConfig(clients_per_round=2, min_clients=1, round_timeout_s=600),
     )
     running = start(config)

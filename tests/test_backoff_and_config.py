@@ -75,7 +75,7 @@ def test_first_delay_capped_when_initial_exceeds_max():
 
 
 def test_defaults():
-    c = parse_config([], {})
+    c = parse_config(["--insecure"], {})
     assert isinstance(c, AggregatorConfig)
     assert (c.host, c.port, c.metrics_host, c.metrics_port) == ("127.0.0.1", 50051, "127.0.0.1", 9100)
     assert c.checkpoint_dir == Path("checkpoints")
@@ -91,7 +91,7 @@ def test_defaults():
 def test_flags_override_defaults():
     c = parse_config(
         [
-            "--host", "0.0.0.0", "--port", "6000", "--metrics-port", "0",
+            "--insecure", "--host", "0.0.0.0", "--port", "6000", "--metrics-port", "0",
             "--checkpoint-dir", "/tmp/ck", "--clients-per-round", "5", "--min-clients", "4",
             "--round-timeout", "12.5", "--rounds", "7", "--local-epochs", "3", "--batch-size", "8",
             "--learning-rate", "0.01", "--max-workers", "2", "--ready-file", "ready.json",
@@ -111,7 +111,7 @@ ENV = {"FEDSER_PORT": "7000", "FEDSER_CLIENTS_PER_ROUND": "4", "FEDSER_ROUND_TIM
 
 
 def test_env_sets_defaults():
-    c = parse_config([], ENV)
+    c = parse_config(["--insecure"], ENV)
     assert c.port == 7000 and isinstance(c.port, int)
     assert c.rounds.clients_per_round == 4
     assert c.rounds.round_timeout_s == 60.0 and isinstance(c.rounds.round_timeout_s, float)
@@ -119,23 +119,23 @@ def test_env_sets_defaults():
 
 
 def test_flags_win_over_env():
-    c = parse_config(["--port", "8000", "--clients-per-round", "6", "--round-timeout", "1.5"], ENV)
+    c = parse_config(["--insecure", "--port", "8000", "--clients-per-round", "6", "--round-timeout", "1.5"], ENV)
     assert c.port == 8000
     assert c.rounds.clients_per_round == 6
     assert c.rounds.round_timeout_s == 1.5
 
 
 def test_flag_wins_over_bad_env_value():
-    assert parse_config(["--port", "9000"], {"FEDSER_PORT": "abc"}).port == 9000
+    assert parse_config(["--insecure", "--port", "9000"], {"FEDSER_PORT": "abc"}).port == 9000
 
 
 def test_other_env_vars_are_ignored():
-    assert parse_config([], {"PORT": "1", "FEDSER_UNKNOWN": "x"}).port == 50051
+    assert parse_config(["--insecure"], {"PORT": "1", "FEDSER_UNKNOWN": "x"}).port == 50051
 
 
 def _exit_message(capsys, argv, env) -> str:
     with pytest.raises(SystemExit) as excinfo:
-        parse_config(argv, env)
+        parse_config(["--insecure", *argv], env)
     assert excinfo.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("usage: fedser-aggregator")

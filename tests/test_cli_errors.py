@@ -18,7 +18,7 @@ def run(module: str, *args: str, env: dict | None = None) -> subprocess.Complete
 
 
 def client(*args: str) -> subprocess.CompletedProcess:
-    return run("edge_client.main", *args)
+    return run("edge_client.main", "--insecure", *args)
 
 
 def assert_clean_error(result: subprocess.CompletedProcess, code: int, message: str) -> None:
@@ -72,10 +72,11 @@ def test_corrupt_audio_and_single_speaker(speakers: Path) -> None:
 def test_aggregator_bad_configuration(tmp_path: Path) -> None:
     env = {"FEDSER_PORT": "not-a-port", "PATH": "/usr/bin:/bin"}
     assert_clean_error(run("aggregator_service.main", env=env), 2, "argument --port: invalid int value")
-    assert_clean_error(run("aggregator_service.main", "--clients-per-round", "2", "--min-clients", "3"), 2,
+    assert_clean_error(run("aggregator_service.main", "--insecure", "--clients-per-round", "2", "--min-clients", "3"), 2,
                        "min_clients must be between 1 and clients_per_round")
     store = CheckpointStore(tmp_path / "ckpt")
     store.save(encode_checkpoint(0, {}, {"architecture_id": "other-net"}))
     assert_clean_error(
-        run("aggregator_service.main", "--port", "0", "--metrics-port", "0", "--checkpoint-dir", str(tmp_path / "ckpt")),
+        run("aggregator_service.main", "--insecure", "--port", "0", "--metrics-port", "0",
+            "--checkpoint-dir", str(tmp_path / "ckpt")),
         1, "holds checkpoints of architecture 'other-net'")
