@@ -165,15 +165,22 @@ def start(config: AggregatorConfig) -> RunningAggregator:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"{config.host}:{config.port}"
-    if credentials is None:
-        log_event(log, "insecure_mode", logging.WARNING,
-                  detail="plaintext gRPC without client tokens: anyone who reaches the port can take part")
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, credentials)
+    try:
+        if credentials is None:
+            log_event(log, "insecure_mode", logging.WARNING,
+                      detail="plaintext gRPC without client tokens: anyone who reaches the port can take part")
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError:  # grpc's way of saying the bind failed
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {config.host}:{config.port}")
-    http, _ = start_http_server(config.metrics_port, addr=config.metrics_host, registry=metrics.registry)
+        raise OSError(f"cannot listen for gRPC on {address} (in use, or not an address of this host)")
+    try:
+        http, _ = start_http_server(config.metrics_port, addr=config.metrics_host, registry=metrics.registry)
+    except OSError as exc:
+        server.stop(0)
+        raise OSError(f"cannot listen for metrics on {config.metrics_host}:{config.metrics_port}: {exc.strerror}") from None
     metrics_port = http.server_port
     server.start()
     for name in ("", SERVICE_NAME):

@@ -80,3 +80,17 @@ def test_aggregator_bad_configuration(tmp_path: Path) -> None:
         run("aggregator_service.main", "--insecure", "--port", "0", "--metrics-port", "0",
             "--checkpoint-dir", str(tmp_path / "ckpt")),
         1, "holds checkpoints of architecture 'other-net'")
+
+
+def test_aggregator_port_in_use(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        common = ["--insecure", "--checkpoint-dir", str(tmp_path / "ckpt")]
+        assert_clean_error(run("aggregator_service.main", *common, "--port", port, "--metrics-port", "0"), 1,
+                           f"cannot listen for gRPC on 127.0.0.1:{port}")
+        assert_clean_error(run("aggregator_service.main", *common, "--port", "0", "--metrics-port", port), 1,
+                           f"cannot listen for metrics on 127.0.0.1:{port}: Address already in use")
