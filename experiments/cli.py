@@ -9,6 +9,7 @@ USAGE = """usage: fedser COMMAND [options]
 commands:
   demo      run a whole federation on 127.0.0.1 with the built-in corpus
   corpus    write the synthetic RAVDESS-format corpus to a folder
+  simulate  the seed's experiment grid (K, B, E, partitions) through the real aggregator
 
 `fedser COMMAND --help` for options."""
 
@@ -23,6 +24,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from experiments.demo import main as demo_main
 
         return demo_main(rest)
+    if command == "simulate":
+        from experiments.simulate import main as simulate_main
+
+        return simulate_main(rest)
     if command == "corpus":
         from experiments.synthetic_corpus import main as corpus_main
 

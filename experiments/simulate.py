@@ -1,0 +1,339 @@
+"""`fedser simulate`: the seed's experiment grid through the real aggregator over gRPC on 127.0.0.1.
+
+For each (partition, K, B, E) it starts the production aggregator in-process,
+runs K clients (threads sharing this process, each the production client loop),
+and evaluates every global model version on held-out speakers. It also trains
+the same model centrally with the same budget as the baseline, then writes one
+CSV per run, PNG figures (one panel per K, one line per (B, E)) and a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import logging
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from aggregator_service.config import AggregatorConfig
+from aggregator_service.rounds import RoundConfig
+from aggregator_service.server import start
+from edge_client.backoff import BackoffPolicy
+from edge_client.dataset import LocalData, extract
+from edge_client.session import FederatedSession, SessionConfig
+from edge_client.training import evaluate, train_local
+from edge_client.transport import AggregatorClient
+from experiments.partitions import PARTITIONS, partition
+from experiments.synthetic_corpus import CorpusSpec, generate_actor
+from model.eventlog import setup_logging
+from model.features import get_preset
+from model.network import ARCHITECTURES, DEFAULT_ARCHITECTURE, build_model, get_architecture
+from model.plan import TrainingPlan
+from model.ravdess import scan
+from model.serialization import load_arrays_into
+from model.splits import speaker_split
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """The grid and everything shared by its runs."""
+
+    clients: tuple[int, ...] = (5, 10)
+    batch_sizes: tuple[int, ...] = (10, 20)
+    local_epochs: tuple[int, ...] = (1, 5)
+    partitions: tuple[str, ...] = ("speaker", "iid")
+    rounds: int = 20
+    learning_rate: float = 1e-3
+    alpha: float = 0.5
+    actors: int = 24
+    heldout_fraction: float = 0.25
+    architecture: str = DEFAULT_ARCHITECTURE
+    seed: int = 0
+    central: bool = True
+    data: Path | None = None
+    out: Path = Path("results/simulate")
+
+
+@dataclass
+class Pool:
+    """Training pool (to be partitioned) and the held-out speakers' test set."""
+
+    x: np.ndarray
+    y: np.ndarray
+    speakers: list[str]
+    test_x: np.ndarray
+    test_y: np.ndarray
+    test_speakers: int
+
+
+@dataclass
+class Row:
+    round: int
+    accuracy: float
+    uar: float
+    loss: float
+    seconds: float
+
+
+@dataclass
+class RunResult:
+    name: str
+    partition: str
+    clients: int
+    batch_size: int
+    local_epochs: int
+    rows: list[Row] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def load_pool(cfg: GridConfig) -> Pool:
+    """Speaker-independent pool: held-out speakers are never seen by any client or the central baseline."""
+    arch = get_architecture(cfg.architecture)
+    root = cfg.data
+    if root is None:
+        root = cfg.out / "corpus"
+        for actor in range(1, cfg.actors + 1):
+            marker = root / f"Actor_{actor:02d}" / f".complete-seed{cfg.seed}"
+            if not marker.exists():
+                generate_actor(root, actor, CorpusSpec(seed=cfg.seed))
+                marker.touch()
+    utterances = scan(root, arch.classes).utterances
+    train, test = speaker_split(utterances, cfg.heldout_fraction, cfg.seed)
+    preset = get_preset(arch.preset)
+    index = {c: i for i, c in enumerate(arch.classes)}
+    x, used = extract(train, preset, skip_unreadable=True)
+    tx, tused = extract(test, preset, skip_unreadable=True)
+    return Pool(
+        x=x, y=np.array([index[u.label] for u in used], np.int64), speakers=[u.speaker for u in used],
+        test_x=tx, test_y=np.array([index[u.label] for u in tused], np.int64),
+        test_speakers=len({u.speaker for u in tused}),
+    )
+
+
+def _evaluate_rows(model: torch.nn.Module, pool: Pool, num_classes: int) -> tuple[float, float, float]:
+    res = evaluate(model, pool.test_x, pool.test_y, num_classes, torch.device("cpu"))
+    return res.scores.accuracy, res.scores.uar, res.loss
+
+
+def run_federated(cfg: GridConfig, pool: Pool, kind: str, k: int, b: int, e: int) -> RunResult:
+    """One federated run through the production aggregator and client loop."""
+    arch = get_architecture(cfg.architecture)
+    result = RunResult(f"{kind}-K{k}-B{b}-E{e}", kind, k, b, e)
+    parts = partition(kind, pool.y, pool.speakers, k, cfg.seed, cfg.alpha)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="fedser-sim-") as tmp:
+        running = start(AggregatorConfig(
+            host="127.0.0.1", port=0, metrics_port=0, checkpoint_dir=Path(tmp), insecure=True,
+            architecture=arch.id, seed=cfg.seed, max_workers=max(16, 4 * k),
+            rounds=RoundConfig(clients_per_round=k, min_clients=k, round_timeout_s=3600, max_rounds=cfg.rounds,
+                               plan=TrainingPlan(e, b, cfg.learning_rate)),
+        ))
+        stop = threading.Event()
+        target = f"127.0.0.1:{running.port}"
+        clients = []
+        errors: list[BaseException] = []
+
+        def client(i: int, idx: np.ndarray) -> None:
+            data = LocalData(pool.x[idx], pool.y[idx], pool.x[:0], pool.y[:0], len({pool.speakers[j] for j in idx}), 0)
+            transport = AggregatorClient(target, stop, BackoffPolicy(max_s=1.0))
+            try:
+                session = FederatedSession(SessionConfig(f"sim-{i}", cfg.rounds, torch.device("cpu"), cfg.seed + i),
+                                           data, arch.classes, transport, stop)
+                session.run()
+            except BaseException as exc:  # surfaced after the run
+                errors.append(exc)
+                stop.set()
+            finally:
+                transport.close()
+
+        for i, idx in enumerate(parts):
+            t = threading.Thread(target=client, args=(i, idx), name=f"sim-client-{i}", daemon=True)
+            t.start()
+            clients.append(t)
+        evaluator = AggregatorClient(target, stop, BackoffPolicy(max_s=1.0))
+        model = build_model(arch.id)
+        try:
+            for version in range(cfg.rounds + 1):
+                pulled = evaluator.pull("evaluator", min_version=version, wait_s=30)
+                while pulled.arrays is None and not stop.is_set():
+                    pulled = evaluator.pull("evaluator", min_version=version, wait_s=30)
+                if stop.is_set():
+                    break
+                load_arrays_into(model, pulled.arrays)
+                acc, uar, loss = _evaluate_rows(model, pool, len(arch.classes))
+                result.rows.append(Row(version, acc, uar, loss, time.monotonic() - started))
+        finally:
+            stop.set()
+            for t in clients:
+                t.join(timeout=60)
+            evaluator.close()
+            running.stop(grace_s=1)
+        if errors:
+            raise RuntimeError(f"{result.name}: a client failed: {errors[0]!r}")
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def run_central(cfg: GridConfig, pool: Pool, b: int, e: int) -> RunResult:
+    """The baseline: the same model and initial weights trained on the whole pool, E epochs per 'round'."""
+    arch = get_architecture(cfg.architecture)
+    result = RunResult(f"central-B{b}-E{e}", "central", 1, b, e)
+    model = build_model(arch.id, seed=cfg.seed)
+    started = time.monotonic()
+    acc, uar, loss = _evaluate_rows(model, pool, len(arch.classes))
+    result.rows.append(Row(0, acc, uar, loss, 0.0))
+    for r in range(1, cfg.rounds + 1):
+        # A fresh optimizer per E epochs, as each federated round starts one: the same budget.
+        train_local(model, pool.x, pool.y, TrainingPlan(e, b, cfg.learning_rate), torch.device("cpu"), seed=cfg.seed + r)
+        acc, uar, loss = _evaluate_rows(model, pool, len(arch.classes))
+        result.rows.append(Row(r, acc, uar, loss, time.monotonic() - started))
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def write_csv(result: RunResult, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{result.name}.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["round", "heldout_accuracy", "heldout_uar", "heldout_loss", "seconds"])
+        for r in result.rows:
+            w.writerow([r.round, f"{r.accuracy:.5f}", f"{r.uar:.5f}", f"{r.loss:.5f}", f"{r.seconds:.2f}"])
+    return path
+
+
+def plot(results: list[RunResult], central: dict[tuple[int, int], RunResult], kind: str, path: Path) -> None:
+    """One column per K, rows accuracy and UAR, one line per (B, E); central baselines dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = sorted({r.clients for r in results})
+    fig, axes = plt.subplots(2, len(ks), figsize=(5.5 * len(ks), 7), squeeze=False, sharey="row")
+    colors = {}
+    for col, k in enumerate(ks):
+        for res in [r for r in results if r.clients == k]:
+            key = (res.batch_size, res.local_epochs)
+            color = colors.setdefault(key, f"C{len(colors)}")
+            x = [row.round for row in res.rows]
+            for row_i, metric in enumerate(("accuracy", "uar")):
+                ax = axes[row_i][col]
+                ax.plot(x, [100 * getattr(row, metric) for row in res.rows], color=color,
+                        label=f"B={key[0]}, E={key[1]}")
+                base = central.get(key)
+                if base is not None:
+                    ax.plot([r.round for r in base.rows], [100 * getattr(r, metric) for r in base.rows], color=color,
+                            ls="--", lw=1, label=f"central B={key[0]}, E={key[1]}")
+        for row_i, metric in enumerate(("accuracy", "UAR")):
+            ax = axes[row_i][col]
+            ax.axhline(25, color="grey", lw=0.8, ls=":")
+            ax.set_title(f"{kind} partition, K = {k}: held-out {metric}")
+            ax.set_xlabel("round")
+            ax.set_ylabel(f"{metric} (%)")
+            ax.set_ylim(0, 100)
+            ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def table(results: list[RunResult], central: dict[tuple[int, int], RunResult]) -> str:
+    """Markdown table of final and best scores, with the gap to central UAR."""
+    lines = [
+        "| partition | K | B | E | final acc | final UAR | best UAR | central UAR | FL - central (UAR) | time |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        last = r.rows[-1]
+        best = max(row.uar for row in r.rows)
+        base = central.get((r.batch_size, r.local_epochs))
+        base_uar = base.rows[-1].uar if base else float("nan")
+        lines.append(
+            f"| {r.partition} | {r.clients} | {r.batch_size} | {r.local_epochs} | {last.accuracy:.1%} | "
+            f"{last.uar:.1%} | {best:.1%} | {base_uar:.1%} | {100 * (last.uar - base_uar):+.1f} pts | {r.seconds:.0f} s |"
+        )
+    return "\n".join(lines)
+
+
+def run_grid(cfg: GridConfig) -> int:
+    torch.set_num_threads(1)
+    setup_logging("warning")
+    started = time.monotonic()
+    print(f"fedser simulate: partitions {', '.join(cfg.partitions)}; K {cfg.clients}, B {cfg.batch_sizes}, "
+          f"E {cfg.local_epochs}; {cfg.rounds} rounds; {cfg.architecture}", flush=True)
+    pool = load_pool(cfg)
+    print(f"  pool: {len(pool.y)} training files from {len(set(pool.speakers))} speakers; "
+          f"held out: {len(pool.test_y)} files from {pool.test_speakers} speakers", flush=True)
+    runs_dir = cfg.out / "runs"
+    central: dict[tuple[int, int], RunResult] = {}
+    if cfg.central:
+        for b, e in itertools.product(cfg.batch_sizes, cfg.local_epochs):
+            res = run_central(cfg, pool, b, e)
+            write_csv(res, runs_dir)
+            central[(b, e)] = res
+            print(f"  {res.name:<22} UAR {res.rows[-1].uar:6.1%}  acc {res.rows[-1].accuracy:6.1%}  "
+                  f"({res.seconds:.0f} s)", flush=True)
+    results: list[RunResult] = []
+    for kind in cfg.partitions:
+        per_kind = []
+        for k, b, e in itertools.product(cfg.clients, cfg.batch_sizes, cfg.local_epochs):
+            res = run_federated(cfg, pool, kind, k, b, e)
+            write_csv(res, runs_dir)
+            per_kind.append(res)
+            print(f"  {res.name:<22} UAR {res.rows[-1].uar:6.1%}  acc {res.rows[-1].accuracy:6.1%}  "
+                  f"({res.seconds:.0f} s)", flush=True)
+        plot(per_kind, central, kind, cfg.out / f"{kind}.png")
+        results.extend(per_kind)
+    md = table(results, central)
+    (cfg.out / "results.md").write_text(md + "\n")
+    print("\n" + md)
+    print(f"\nDone in {time.monotonic() - started:.0f} s: {cfg.out / 'results.md'}, figures "
+          f"{', '.join(str(cfg.out / f'{k}.png') for k in cfg.partitions)}, per-run CSVs in {runs_dir}/")
+    return 0
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    d = GridConfig()
+    p = argparse.ArgumentParser(prog="fedser simulate", description=__doc__.splitlines()[0])
+    p.add_argument("--clients", type=_ints, default=d.clients, help="K values, comma-separated (default: 5,10)")
+    p.add_argument("--batch-sizes", type=_ints, default=d.batch_sizes, help="B values (default: 10,20)")
+    p.add_argument("--local-epochs", type=_ints, default=d.local_epochs, help="E values (default: 1,5)")
+    p.add_argument("--partitions", default=",".join(d.partitions),
+                   help=f"comma-separated, from {', '.join(PARTITIONS)} (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=d.rounds, help="rounds per run (default: %(default)s; the seed: 200)")
+    p.add_argument("--full", action="store_true", help="the seed's full grid: 200 rounds, all three partitions")
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    p.add_argument("--alpha", type=float, default=d.alpha, help="Dirichlet concentration (default: %(default)s)")
+    p.add_argument("--actors", type=int, default=d.actors, help="synthetic speakers (default: %(default)s)")
+    p.add_argument("--data", type=Path, help="a real RAVDESS folder instead of the synthetic corpus")
+    p.add_argument("--architecture", default=d.architecture, choices=sorted(ARCHITECTURES))
+    p.add_argument("--no-central", action="store_true", help="skip the central baseline")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", type=Path, default=d.out, help="output folder (default: %(default)s)")
+    a = p.parse_args(argv)
+    partitions = tuple(PARTITIONS) if a.full else tuple(x for x in a.partitions.split(",") if x)
+    unknown = [x for x in partitions if x not in PARTITIONS]
+    if unknown:
+        p.error(f"unknown partition(s) {unknown}; known: {', '.join(PARTITIONS)}")
+    if a.rounds < 1 or min(a.clients) < 1 or min(a.batch_sizes) < 1 or min(a.local_epochs) < 1:
+        p.error("--rounds, --clients, --batch-sizes and --local-epochs must be >= 1")
+    cfg = GridConfig(
+        clients=a.clients, batch_sizes=a.batch_sizes, local_epochs=a.local_epochs, partitions=partitions,
+        rounds=200 if a.full else a.rounds, learning_rate=a.learning_rate, alpha=a.alpha, actors=a.actors,
+        architecture=a.architecture, seed=a.seed, central=not a.no_central, data=a.data, out=a.out,
+    )
+    logging.getLogger().setLevel(logging.WARNING)
+    return run_grid(cfg)
