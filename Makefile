@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTO_SRC := protos/fedser/v1/aggregator.proto
 
-.PHONY: demo test protos check-protos clean venv
+.PHONY: demo test protos reproduce clean venv
 
 venv: $(STAMP)
 
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The seed's experiment, reduced grid on the demo corpus (REPRODUCE_ARGS=--full for the whole grid).
+reproduce: $(STAMP)
+	$(VENV)/bin/fedser simulate --out results/simulate $(REPRODUCE_ARGS)
 
 # Regenerate the Python protocol code from protos/ (committed; a test checks drift).
 protos: $(STAMP)
