@@ -1,4 +1,4 @@
-"""A device's local data: scan the folder, split by speaker, extract features once."""
+"""A device's local data: scan the folder (any registered corpus layout), split by speaker, extract features once."""
 from __future__ import annotations
 
 import logging
@@ -10,9 +10,11 @@ import numpy as np
 
 from edge_client.errors import DataError
 from model.audio import AudioReadError, read_audio
+from model.corpora import AUTO, CORPORA, LayoutError, UnknownLayoutError, recognised, scan_dataset
 from model.eventlog import log_event
 from model.features import FeaturePreset
-from model.ravdess import Utterance, scan
+from model.manifest import ManifestError
+from model.ravdess import Utterance
 from model.splits import SplitError, speaker_split
 
 log = logging.getLogger("fedser.client")
@@ -32,27 +34,45 @@ class LocalData:
     heldout_speakers: int
 
 
-def find_utterances(root: Path, classes: tuple[str, ...]) -> list[Utterance]:
-    """The usable files under ``root``; DataError when there are none, with what was found instead."""
+def find_utterances(root: Path, classes: tuple[str, ...], dataset: str = AUTO) -> list[Utterance]:
+    """The usable files under ``root`` read as ``dataset`` (``"auto"``: detect the layout).
+
+    DataError when there are none, saying what was found instead.
+    """
     if not root.exists():
         raise DataError(f"data folder {root} does not exist")
     if not root.is_dir():
         raise DataError(f"data path {root} is not a folder")
-    found = scan(root, classes)
+    try:
+        name, found = scan_dataset(root, dataset, classes)
+    except UnknownLayoutError as exc:
+        if exc.files == 0:
+            raise DataError(f"data folder {root} is empty") from None
+        raise DataError(str(exc)) from None
+    except (LayoutError, ManifestError) as exc:
+        raise DataError(str(exc)) from None
+    corpus = CORPORA[name]
+    if dataset == AUTO:
+        log_event(log, "dataset_detected", dataset=name, files=recognised(found))
+    missing, invalid = getattr(found, "missing", []), getattr(found, "invalid", [])
+    if missing:
+        log_event(log, "manifest_files_missing", logging.WARNING, count=len(missing), first=missing[:5])
+    if invalid:
+        log_event(log, "manifest_rows_invalid", logging.WARNING, count=len(invalid), first=invalid[:5])
     if not found.utterances:
         if found.skipped_other_label or found.skipped_not_speech:
             raise DataError(
-                f"{root}: RAVDESS files found, but none of the classes {', '.join(classes)} "
+                f"{root}: {corpus.title} files found, but none of the classes {', '.join(classes)} "
                 f"({found.skipped_other_label} of other emotions, {found.skipped_not_speech} not speech)"
             )
-        if found.unrecognised:
-            raise DataError(
-                f"{root}: unknown file layout: none of {found.unrecognised} files is named like RAVDESS "
-                "(NN-NN-NN-NN-NN-NN-NN.wav)"
-            )
-        raise DataError(f"data folder {root} is empty")
+        if missing:
+            raise DataError(f"{root}: none of the {len(missing)} files listed in the manifest exists "
+                            f"(first: {missing[0]})")
+        if invalid:
+            raise DataError(f"{root}: no usable manifest rows ({invalid[0]})")
+        raise DataError(f"{root}: no {corpus.title} files found ({corpus.looks_for})")
     log_event(
-        log, "data_scanned", files=len(found.utterances), skipped_other_label=found.skipped_other_label,
+        log, "data_scanned", dataset=name, files=len(found.utterances), skipped_other_label=found.skipped_other_label,
         skipped_not_speech=found.skipped_not_speech, unrecognised=found.unrecognised,
     )
     return found.utterances
@@ -90,9 +110,14 @@ def load_local_data(
     seed: int = 0,
     skip_unreadable: bool = False,
     progress: Callable[[int], None] | None = None,
+    dataset: str = AUTO,
 ) -> LocalData:
-    """Everything the client trains and evaluates on, ready as arrays."""
-    utterances = find_utterances(root, classes)
+    """Everything the client trains and evaluates on, ready as arrays.
+
+    ``dataset`` names the corpus layout (``model.corpora.DATASETS``) or is
+    ``"auto"`` to detect it.
+    """
+    utterances = find_utterances(root, classes, dataset)
     try:
         train, heldout = speaker_split(utterances, heldout_fraction, seed)
     except SplitError as exc:

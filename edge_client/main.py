@@ -18,6 +18,7 @@ from edge_client.errors import ClientError
 from edge_client.session import FederatedSession, SessionConfig
 from edge_client.training import pick_device
 from edge_client.transport import AggregatorClient, ChannelSecurity
+from model.corpora import AUTO, DATASETS
 from model.eventlog import log_event, setup_logging
 from model.lifecycle import stop_on_signals
 from model.features import get_preset
@@ -34,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--server", required=True, help="aggregator address HOST:PORT")
     p.add_argument("--data", required=True, type=Path, help="folder of local speech files (RAVDESS naming)")
+    p.add_argument("--dataset", default=AUTO, choices=(AUTO, *DATASETS),
+                   help="corpus layout of --data (default: auto, detected from the file names)")
     p.add_argument("--client-id", default=socket.gethostname(), help="stable id of this device (default: host name)")
     p.add_argument("--rounds", type=int, default=0, help="contribute to N rounds, then stop; 0: until the federation finishes")
     p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N")
@@ -109,7 +112,7 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
         bar = tqdm(desc="features", unit="file", file=sys.stderr)
         progress = bar.update
     data = load_local_data(args.data, arch.classes, preset, args.heldout_fraction, args.seed,
-                           args.skip_unreadable, progress)
+                           args.skip_unreadable, progress, dataset=args.dataset)
     if bar is not None:
         bar.close()
     log_event(log, "data_ready", train=len(data.train_y), heldout=len(data.heldout_y),
