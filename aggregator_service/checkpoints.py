@@ -53,6 +53,13 @@ class CheckpointStore:
         self.directory = Path(directory)
         self.keep = max(1, keep)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_temp_files()
+
+    def _remove_stale_temp_files(self) -> None:
+        # One aggregator writes a folder; a temp file found at start is a write a crash cut short.
+        for entry in self.directory.glob(".global-v*.safetensors.tmp-*"):
+            log_event(log, "checkpoint_temp_removed", logging.WARNING, file=entry.name)
+            entry.unlink(missing_ok=True)
 
     def path_for(self, version: int) -> Path:
         return self.directory / f"global-v{version:08d}.safetensors"

@@ -71,6 +71,8 @@ class AggregatorMetrics:
         self.model_version.set(summary.model_version)
         self.round_duration.observe(summary.duration_s)
         self.round_participants.set(summary.participants)
+        self.round_overdue.set(0)
+        self.round_accepted.set(0)
         self.round_samples.set(summary.samples)
 
     def update_accepted(self, accepted_in_round: int, duplicate: bool) -> None:

@@ -107,7 +107,7 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
         except RejectedError as exc:
             self._metrics.auth_failures.labels(rpc=rpc, reason=exc.reason).inc()
             log_event(log, "request_rejected", logging.WARNING, rpc=rpc, reason=exc.reason)
-            context.abort(STATUS_FOR_ERROR[type(exc)], str(exc))
+            _abort(context, STATUS_FOR_ERROR[type(exc)], str(exc))
 
     # -- PullModel -----------------------------------------------------
     def PullModel(self, request: pb.PullModelRequest, context: grpc.ServicerContext) -> Iterator[pb.PullModelResponse]:
@@ -116,7 +116,7 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             with self._stream_slot(request.client_id):
                 yield from self._pull(request, context)
         except TooManyStreamsError as exc:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
 
     def _pull(self, request: pb.PullModelRequest, context: grpc.ServicerContext) -> Iterator[pb.PullModelResponse]:
         wait = min(max(request.wait_seconds, 0.0), self._limits.max_wait_s)
@@ -248,12 +248,12 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             "update_rejected",
             logging.WARNING,
             reason=exc.reason,
-            detail=str(exc),
+            detail=_bounded(str(exc)),
             # Ids reach the log only once they passed the id check (no control characters).
             client=header.client_id if header is not None and exc.reason != "bad_header" else None,
             round=header.round if header is not None else None,
         )
-        context.abort(STATUS_FOR_ERROR.get(type(exc), grpc.StatusCode.INVALID_ARGUMENT), str(exc))
+        _abort(context, STATUS_FOR_ERROR.get(type(exc), grpc.StatusCode.INVALID_ARGUMENT), str(exc))
 
     # -- ReportEvaluation ----------------------------------------------
     def ReportEvaluation(self, request: pb.ReportEvaluationRequest, context: grpc.ServicerContext) -> pb.ReportEvaluationResponse:
@@ -264,8 +264,8 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             reports = self._manager.record_evaluation(request.client_id, request.model_version, metrics)
         except RejectedError as exc:
             self._metrics.evaluation_reports.labels(status="rejected").inc()
-            log_event(log, "evaluation_rejected", logging.WARNING, reason=exc.reason, detail=str(exc))
-            context.abort(STATUS_FOR_ERROR.get(type(exc), grpc.StatusCode.INVALID_ARGUMENT), str(exc))
+            log_event(log, "evaluation_rejected", logging.WARNING, reason=exc.reason, detail=_bounded(str(exc)))
+            _abort(context, STATUS_FOR_ERROR.get(type(exc), grpc.StatusCode.INVALID_ARGUMENT), str(exc))
         pooled = self._manager.pooled_evaluation(request.model_version)
         if pooled is not None:
             self._metrics.evaluation(request.model_version, pooled[1])
@@ -320,6 +320,18 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
                 for v, n, e in self._manager.evaluations()
             ],
         )
+
+
+MAX_STATUS_MESSAGE = 512
+
+
+def _bounded(message: str) -> str:
+    """Refusal texts can quote what a client sent; keep them short enough for gRPC's metadata limit."""
+    return message if len(message) <= MAX_STATUS_MESSAGE else message[: MAX_STATUS_MESSAGE - 3] + "..."
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> None:
+    context.abort(code, _bounded(message))
 
 
 def _timestamp(unix_s: float) -> Timestamp:

@@ -41,6 +41,10 @@ def check_num_samples(num_samples: int, max_samples: int) -> None:
         )
 
 
+def _quote(name: str, limit: int = 64) -> str:
+    return name if len(name) <= limit and name.isprintable() and name.isascii() else repr(name[:limit]) + "..."
+
+
 def check_tensors(arrays: Mapping[str, np.ndarray], template: Mapping[str, np.ndarray]) -> None:
     """Names, shapes and dtypes must match the global model exactly; values must be finite."""
     missing = sorted(set(template) - set(arrays))
@@ -50,7 +54,8 @@ def check_tensors(arrays: Mapping[str, np.ndarray], template: Mapping[str, np.nd
         if missing:
             parts.append(f"missing {', '.join(missing[:5])}")
         if unexpected:
-            parts.append(f"unexpected {', '.join(unexpected[:5])}")
+            # These names come from the client: quote them, and only the start of each.
+            parts.append(f"unexpected {', '.join(_quote(n) for n in unexpected[:5])}")
         raise InvalidUpdateError("tensor names do not match the model: " + "; ".join(parts), reason="tensor_names")
     for name, ref in template.items():
         got = arrays[name]
