@@ -43,7 +43,20 @@ def train_local(
     model: nn.Module, x: np.ndarray, y: np.ndarray, plan: TrainingPlan, device: torch.device, seed: int,
     stop: threading.Event | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place for plan.local_epochs over (x, y); returns loss and accuracy of the last epoch."""
+    """Train ``model`` in place for plan.local_epochs over (x, y); returns loss and accuracy of the last epoch.
+
+    ``seed`` fixes batch order and dropout masks, so a run can be repeated exactly.
+    """
+    # Dropout draws from torch's global generator: seed a private fork of it.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return _train(model, x, y, plan, device, seed, stop)
+
+
+def _train(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, plan: TrainingPlan, device: torch.device, seed: int,
+    stop: threading.Event | None,
+) -> TrainResult:
     model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=plan.learning_rate)
     loss_fn = nn.CrossEntropyLoss()

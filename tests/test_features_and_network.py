@@ -226,3 +226,20 @@ def test_unknown_architecture():
     assert isinstance(excinfo.value, KeyError)
     with pytest.raises(UnknownArchitectureError):
         get_architecture("")
+
+
+def test_local_training_is_repeatable_with_the_same_seed() -> None:
+    """Batch order and dropout masks both follow the seed."""
+    from edge_client.training import train_local
+    from model.plan import TrainingPlan
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 1, 97)).astype(np.float32)
+    y = rng.integers(0, 4, size=40)
+    results = []
+    for seed in (3, 3, 4):
+        model = build_model("seed-cnn-v1", seed=0)
+        train_local(model, x, y, TrainingPlan(1, 8, 1e-3), torch.device("cpu"), seed=seed)
+        results.append(model.classifier.weight.detach().clone())
+    assert torch.equal(results[0], results[1])
+    assert not torch.equal(results[0], results[2])
