@@ -17,8 +17,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/fedser demo $(DEMO_ARGS)
 
-test: $(STAMP)
+test: $(STAMP) deploy-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The non-Python tools of the deploy/ checks, each installed only when missing (.ci/install-tools):
+# promtool + prometheus and systemd-analyze (Debian), node + the prometheus-operator CRD models (npm).
+deploy-tools: $(STAMP)
+	bash .ci/install-tools $(VENV)/fedser-tools
 
 # The seed's experiment, reduced grid on the demo corpus (REPRODUCE_ARGS=--full for the whole grid).
 reproduce: $(STAMP)

@@ -36,6 +36,8 @@ class AggregatorConfig:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     tokens_file: Path | None = None
+    # Plaintext port serving only grpc.health.v1, for kubelet gRPC probes (they cannot speak TLS).
+    health_port: int | None = None
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -80,6 +82,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--tls-key", Path, None, "PEM private key of the server certificate")
     add("--tls-client-ca", Path, None, "PEM CA of client certificates: turns on mutual TLS")
     add("--tokens-file", Path, None, "one 'client-id:token' per line (e.g. a mounted Secret)")
+    add("--health-port", int, None, "plaintext port serving only the gRPC health service (kubelet probes); "
+        "unset: off")
     p.add_argument(
         "--insecure", action="store_true",
         default=env.get("FEDSER_INSECURE", "").lower() in ("1", "true", "yes"),
@@ -106,8 +110,8 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         parser.error("--tls-client-ca needs --tls-cert and --tls-key")
     if a.max_streams_per_client < 1 or a.max_chunk_bytes < 1024:
         parser.error("--max-streams-per-client must be >= 1 and --max-chunk-bytes >= 1024")
-    for name in ("port", "metrics_port"):
-        if not 0 <= getattr(a, name) <= 65535:
+    for name in ("port", "metrics_port", "health_port"):
+        if getattr(a, name) is not None and not 0 <= getattr(a, name) <= 65535:
             parser.error(f"--{name.replace('_', '-')} must be 0..65535")
     try:
         rounds = RoundConfig(
@@ -140,6 +144,7 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         tls_key=a.tls_key,
         tls_client_ca=a.tls_client_ca,
         tokens_file=a.tokens_file,
+        health_port=a.health_port,
         ready_file=a.ready_file,
         log_level=a.log_level,
     )

@@ -114,9 +114,11 @@ class RunningAggregator:
     checkpoints: CheckpointStore
     _server: grpc.Server
     _health: health.HealthServicer
+    _health_server: grpc.Server | None
     _http: object
     _stop_tick: threading.Event
     _ticker: threading.Thread
+    health_port: int | None = None
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Refuse new RPCs, let running ones (and any checkpoint write) finish, then close."""
@@ -124,6 +126,8 @@ class RunningAggregator:
         self._stop_tick.set()
         self.manager.stop()
         self._server.stop(grace_s).wait()
+        if self._health_server is not None:
+            self._health_server.stop(0).wait()
         self._ticker.join(timeout=grace_s)
         self._http.shutdown()  # type: ignore[attr-defined]
         log_event(log, "stopped")
@@ -182,6 +186,7 @@ def start(config: AggregatorConfig) -> RunningAggregator:
         server.stop(0)
         raise OSError(f"cannot listen for metrics on {config.metrics_host}:{config.metrics_port}: {exc.strerror}") from None
     metrics_port = http.server_port
+    health_server, health_port = _start_health_server(config, health_servicer)
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -195,7 +200,8 @@ def start(config: AggregatorConfig) -> RunningAggregator:
     ticker = threading.Thread(target=tick, name="round-ticker", daemon=True)
     ticker.start()
     log_event(
-        log, "serving", host=config.host, port=port, metrics_port=metrics_port, architecture=arch.id,
+        log, "serving", host=config.host, port=port, metrics_port=metrics_port, health_port=health_port,
+        architecture=arch.id,
         tls=credentials is not None, mutual_tls=config.tls_client_ca is not None, clients_with_tokens=len(tokens or ()),
         aggregation=config.rounds.aggregation,
         model_version=initial.version, round=manager.status().round,
@@ -203,6 +209,27 @@ def start(config: AggregatorConfig) -> RunningAggregator:
     )
     if config.ready_file is not None:
         tmp = config.ready_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"port": port, "metrics_port": metrics_port, "pid": os.getpid()}))
+        tmp.write_text(json.dumps({"port": port, "metrics_port": metrics_port, "health_port": health_port,
+                                   "pid": os.getpid()}))
         os.replace(tmp, config.ready_file)
-    return RunningAggregator(port, metrics_port, manager, store, server, health_servicer, http, stop_tick, ticker)
+    return RunningAggregator(port, metrics_port, manager, store, server, health_servicer, health_server, http,
+                             stop_tick, ticker, health_port)
+
+
+def _start_health_server(
+    config: AggregatorConfig, health_servicer: health.HealthServicer
+) -> tuple[grpc.Server | None, int | None]:
+    """A plaintext server with only the health service (the same servicer object, so shutdown shows on both)."""
+    if config.health_port is None:
+        return None, None
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"))
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    address = f"{config.host}:{config.health_port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise OSError(f"cannot listen for health checks on {address}")
+    server.start()
+    return server, port

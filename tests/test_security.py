@@ -217,3 +217,24 @@ def test_a_client_process_trains_over_tls_with_its_token(tmp_path: Path, pki: Pk
         assert ALICE not in log and ALICE not in (tmp_path / "client.log").read_text()
     finally:
         assert agg.stop() == 0
+
+
+def test_plaintext_health_port_for_probes_beside_a_tls_server(tmp_path: Path, pki: Pki) -> None:
+    from dataclasses import replace
+
+    running = start(replace(
+        AggregatorConfig(host="127.0.0.1", port=0, metrics_port=0, checkpoint_dir=tmp_path / "ckpt",
+                         tls_cert=pki.server_cert, tls_key=pki.server_key, tokens_file=tokens_file(tmp_path)),
+        health_port=0,
+    ))
+    try:
+        assert running.health_port not in (None, running.port)
+        with grpc.insecure_channel(f"127.0.0.1:{running.health_port}") as ch:
+            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="fedser.v1.Aggregator"),
+                                                         timeout=10)
+            assert resp.status == health_pb2.HealthCheckResponse.SERVING
+            # Only health lives there: the federation's RPCs are not reachable in plaintext.
+            code, _ = code_of(lambda: pb_grpc.AggregatorStub(ch).GetStatus(pb.GetStatusRequest(), timeout=5))
+            assert code == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        running.stop(grace_s=1)
