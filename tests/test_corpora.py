@@ -450,9 +450,6 @@ def test_find_utterances_errors(trees, tmp_path, caplog):
         {"dataset": "tess", "files": 9, "skipped_other_label": 5, "skipped_not_speech": 0, "unrecognised": 4}]
 
 
-@pytest.mark.xfail(raises=RuntimeError,
-                   reason="model/features.py SeedMfccMean: a file no longer than the preset's 0.5 s offset leaves "
-                          "an empty window, and torchaudio's resample fails on it (remove this mark once fixed)")
 def test_files_shorter_than_the_feature_offset(tmp_path, preset):
     from edge_client.dataset import extract
 

@@ -55,8 +55,8 @@ def test_unknown_preset_lists_known_ones():
     with pytest.raises(KeyError) as excinfo:
         get_preset("mel-80")
     message = excinfo.value.args[0]
-    assert message == "unknown feature preset 'mel-80'; known: seed"
-    assert sorted(PRESETS) == ["seed"]
+    assert message == "unknown feature preset 'mel-80'; known: mfcc40-norm, seed"
+    assert sorted(PRESETS) == ["mfcc40-norm", "seed"]
 
 
 @pytest.mark.parametrize("sr", [48000, 44100, 22050, 16000])
@@ -170,7 +170,7 @@ def test_registry():
     arch = get_architecture("seed-cnn-v1")
     assert arch.preset == "seed"
     assert arch.classes == ("neutral", "happy", "sad", "angry")
-    assert set(ARCHITECTURES) == {"seed-cnn-v1"}
+    assert set(ARCHITECTURES) == {"seed-cnn-v1", "ser-cnn2d-v1"}
 
 
 @pytest.mark.parametrize("batch", [1, 5])
@@ -222,7 +222,7 @@ def test_unseeded_build_uses_global_rng():
 def test_unknown_architecture():
     with pytest.raises(UnknownArchitectureError) as excinfo:
         build_model("resnet-9000", seed=1)
-    assert excinfo.value.args[0] == "unknown architecture 'resnet-9000'; known: seed-cnn-v1"
+    assert excinfo.value.args[0] == "unknown architecture 'resnet-9000'; known: seed-cnn-v1, ser-cnn2d-v1"
     assert isinstance(excinfo.value, KeyError)
     with pytest.raises(UnknownArchitectureError):
         get_architecture("")
