@@ -12,6 +12,7 @@ from edge_client.errors import DataError
 from model.audio import AudioReadError, read_audio
 from model.corpora import AUTO, CORPORA, LayoutError, UnknownLayoutError, recognised, scan_dataset
 from model.eventlog import log_event
+from model.feature_cache import FeatureCache
 from model.features import FeaturePreset
 from model.manifest import ManifestError
 from model.ravdess import Utterance
@@ -80,9 +81,11 @@ def find_utterances(root: Path, classes: tuple[str, ...], dataset: str = AUTO) -
 
 def extract(
     utterances: list[Utterance], preset: FeaturePreset, skip_unreadable: bool,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None, cache: FeatureCache | None = None,
 ) -> tuple[np.ndarray, list[Utterance]]:
     """Features of ``utterances`` in batches; returns them with the utterances actually used."""
+    if cache is not None:
+        return _extract_cached(utterances, preset, skip_unreadable, progress, cache)
     feats, kept = [], []
     window = (getattr(preset, "offset_s", 0.0), getattr(preset, "duration_s", None))
     for start in range(0, len(utterances), EXTRACT_BATCH):
@@ -102,6 +105,28 @@ def extract(
     return np.concatenate(feats) if feats else np.zeros((0, *preset.input_shape), np.float32), kept
 
 
+def _extract_cached(
+    utterances: list[Utterance], preset: FeaturePreset, skip_unreadable: bool,
+    progress: Callable[[int], None] | None, cache: FeatureCache,
+) -> tuple[np.ndarray, list[Utterance]]:
+    try:
+        feats, stats = cache.extract_with_stats([u.path for u in utterances], preset, progress)
+        log_event(log, "features_ready", files=len(utterances), cached=stats.hits, extracted=stats.misses)
+        return feats, list(utterances)
+    except AudioReadError as exc:
+        if not skip_unreadable:
+            raise DataError(f"{exc} (use --skip-unreadable to leave such files out)") from None
+    # Some file is unreadable: go one by one (rows extracted above are cached by now).
+    rows, kept = [], []
+    for u in utterances:
+        try:
+            rows.append(cache.extract([u.path], preset))
+            kept.append(u)
+        except AudioReadError:
+            log_event(log, "file_skipped", logging.WARNING, file=u.path.name, reason="unreadable")
+    return (np.concatenate(rows) if rows else np.zeros((0, *preset.input_shape), np.float32)), kept
+
+
 def load_local_data(
     root: Path,
     classes: tuple[str, ...],
@@ -111,6 +136,7 @@ def load_local_data(
     skip_unreadable: bool = False,
     progress: Callable[[int], None] | None = None,
     dataset: str = AUTO,
+    cache: FeatureCache | None = None,
 ) -> LocalData:
     """Everything the client trains and evaluates on, ready as arrays.
 
@@ -123,8 +149,8 @@ def load_local_data(
     except SplitError as exc:
         raise DataError(f"{root}: {exc}") from None
     index = {c: i for i, c in enumerate(classes)}
-    train_x, train_used = extract(train, preset, skip_unreadable, progress)
-    heldout_x, heldout_used = extract(heldout, preset, skip_unreadable, progress)
+    train_x, train_used = extract(train, preset, skip_unreadable, progress, cache)
+    heldout_x, heldout_used = extract(heldout, preset, skip_unreadable, progress, cache)
     if len(train_used) == 0:
         raise DataError(f"{root}: no readable training files")
     return LocalData(

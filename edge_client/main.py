@@ -22,7 +22,8 @@ from model.corpora import AUTO, DATASETS
 from model.eventlog import log_event, setup_logging
 from model.lifecycle import stop_on_signals
 from model.features import get_preset
-from model.network import DEFAULT_ARCHITECTURE, get_architecture
+from model.feature_cache import FeatureCache
+from model.network import ARCHITECTURES, DEFAULT_ARCHITECTURE, get_architecture
 
 log = logging.getLogger("fedser.client")
 
@@ -46,7 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-unreadable", action="store_true", help="leave out unreadable audio files instead of stopping")
     p.add_argument("--rpc-timeout", type=float, default=120.0, help="deadline of each RPC in seconds")
     p.add_argument("--max-backoff", type=float, default=30.0, help="longest wait between reconnect attempts")
-    p.add_argument("--progress", action="store_true", help="show a progress bar while extracting features")
+    p.add_argument("--progress", action="store_true", default=sys.stderr.isatty(),
+                   help="show a progress bar while extracting features (default: on a terminal)")
+    p.add_argument("--architecture", default=DEFAULT_ARCHITECTURE, choices=sorted(ARCHITECTURES),
+                   help="model the aggregator trains: fixes features and labels (default: %(default)s)")
+    p.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
+                   help="feature cache, keyed by file content and preset (default: %(default)s)")
+    p.add_argument("--no-cache", action="store_true", help="extract features without reading or writing the cache")
     p.add_argument("--log-level", default="info", help="debug, info, warning or error")
     sec = p.add_argument_group("security (TLS and token, or --insecure)")
     sec.add_argument("--tls-ca", type=Path, help="PEM CA that signed the aggregator's certificate")
@@ -102,7 +109,7 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
     device = pick_device(args.device)
     # The label set and preset come from the architecture the client was built for;
     # the aggregator's first answer is checked against them before any training.
-    arch = get_architecture(DEFAULT_ARCHITECTURE)
+    arch = get_architecture(args.architecture)
     preset = get_preset(arch.preset)
     progress = None
     bar = None
@@ -111,8 +118,9 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
 
         bar = tqdm(desc="features", unit="file", file=sys.stderr)
         progress = bar.update
+    cache = None if args.no_cache else FeatureCache(args.cache_dir)
     data = load_local_data(args.data, arch.classes, preset, args.heldout_fraction, args.seed,
-                           args.skip_unreadable, progress, dataset=args.dataset)
+                           args.skip_unreadable, progress, dataset=args.dataset, cache=cache)
     if bar is not None:
         bar.close()
     log_event(log, "data_ready", train=len(data.train_y), heldout=len(data.heldout_y),
@@ -121,7 +129,7 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
                               security=read_security(args))
     try:
         session = FederatedSession(
-            SessionConfig(args.client_id, args.rounds, device, args.seed), data, arch.classes, client, stop
+            SessionConfig(args.client_id, args.rounds, device, args.seed, arch.id), data, arch.classes, client, stop
         )
         session.run()
     finally:
@@ -148,6 +156,12 @@ def read_security(args: argparse.Namespace) -> ChannelSecurity:
         raise ClientError(f"token file {args.token_file} is empty")
     return ChannelSecurity(read(args.tls_ca, "TLS CA"), read(args.tls_cert, "TLS certificate"),
                            read(args.tls_key, "TLS key"), token, args.tls_server_name)
+
+
+def default_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/fedser/features, or ~/.cache/fedser/features."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fedser" / "features"
 
 
 def torch_threads(n: int) -> None:

@@ -16,7 +16,7 @@ from edge_client.transport import AggregatorClient, PulledModel, Stopped
 from fedser.v1 import aggregator_pb2 as pb
 from model.eventlog import log_event
 from model.plan import TrainingPlan
-from model.network import Architecture, UnknownArchitectureError, build_model, get_architecture
+from model.network import DEFAULT_ARCHITECTURE, Architecture, UnknownArchitectureError, build_model, get_architecture
 from model.serialization import arrays_to_bytes, load_arrays_into, module_to_arrays, sha256_hex
 
 log = logging.getLogger("fedser.client")
@@ -30,6 +30,8 @@ class SessionConfig:
     max_rounds: int  # 0: until the federation finishes
     device: torch.device
     seed: int = 0
+    # The architecture whose features this client extracted; the aggregator's must match.
+    architecture: str = DEFAULT_ARCHITECTURE
 
 
 class FederatedSession:
@@ -77,6 +79,11 @@ class FederatedSession:
             arch = get_architecture(header.architecture_id)
         except UnknownArchitectureError as exc:
             raise ModelMismatchError(f"aggregator trains {exc.args[0]}") from None
+        if arch.id != self.config.architecture:
+            raise ModelMismatchError(
+                f"aggregator trains {arch.id!r}, this client prepared features for {self.config.architecture!r}; "
+                f"start it with --architecture {arch.id}"
+            )
         if tuple(header.labels) != self.classes or tuple(arch.classes) != self.classes:
             raise ModelMismatchError(
                 f"aggregator's model predicts labels {list(header.labels)}, this client's data has {list(self.classes)}"

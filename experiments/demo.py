@@ -137,7 +137,7 @@ def run(cfg: DemoConfig) -> int:
     print(f"  aggregator on {agg.target}, metrics on http://127.0.0.1:{agg.metrics_port}/metrics")
     clients = [
         start_client(agg.target, folder, f"client-{k + 1}", logs / f"client-{k + 1}.log",
-                     args=["--threads", "1", "--seed", str(cfg.seed)], env=env)
+                     args=["--threads", "1", "--seed", str(cfg.seed), "--cache-dir", str(out / "cache")], env=env)
         for k, folder in enumerate(folders)
     ]
     rows: list[RoundRow] = []

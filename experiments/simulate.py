@@ -33,6 +33,7 @@ from edge_client.transport import AggregatorClient
 from experiments.partitions import PARTITIONS, partition
 from experiments.synthetic_corpus import CorpusSpec, generate_actor
 from model.eventlog import setup_logging
+from model.feature_cache import FeatureCache
 from model.features import get_preset
 from model.network import ARCHITECTURES, DEFAULT_ARCHITECTURE, build_model, get_architecture
 from model.plan import TrainingPlan
@@ -108,8 +109,9 @@ def load_pool(cfg: GridConfig) -> Pool:
     train, test = speaker_split(utterances, cfg.heldout_fraction, cfg.seed)
     preset = get_preset(arch.preset)
     index = {c: i for i, c in enumerate(arch.classes)}
-    x, used = extract(train, preset, skip_unreadable=True)
-    tx, tused = extract(test, preset, skip_unreadable=True)
+    cache = FeatureCache(cfg.out / "cache")
+    x, used = extract(train, preset, skip_unreadable=True, cache=cache)
+    tx, tused = extract(test, preset, skip_unreadable=True, cache=cache)
     return Pool(
         x=x, y=np.array([index[u.label] for u in used], np.int64), speakers=[u.speaker for u in used],
         test_x=tx, test_y=np.array([index[u.label] for u in tused], np.int64),
