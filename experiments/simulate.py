@@ -34,6 +34,7 @@ from experiments.partitions import PARTITIONS, partition
 from experiments.synthetic_corpus import CorpusSpec, generate_actor
 from model.eventlog import setup_logging
 from model.feature_cache import FeatureCache
+from model.evaluation import format_confusion
 from model.features import get_preset
 from model.network import ARCHITECTURES, DEFAULT_ARCHITECTURE, build_model, get_architecture
 from model.plan import TrainingPlan
@@ -79,8 +80,10 @@ class Row:
     round: int
     accuracy: float
     uar: float
+    macro_f1: float
     loss: float
     seconds: float
+    confusion: np.ndarray | None = None
 
 
 @dataclass
@@ -119,9 +122,10 @@ def load_pool(cfg: GridConfig) -> Pool:
     )
 
 
-def _evaluate_rows(model: torch.nn.Module, pool: Pool, num_classes: int) -> tuple[float, float, float]:
+def _score(model: torch.nn.Module, pool: Pool, num_classes: int, round: int, seconds: float) -> Row:
     res = evaluate(model, pool.test_x, pool.test_y, num_classes, torch.device("cpu"))
-    return res.scores.accuracy, res.scores.uar, res.loss
+    s = res.scores
+    return Row(round, s.accuracy, s.uar, s.macro_f1, res.loss, seconds, s.confusion)
 
 
 def run_federated(cfg: GridConfig, pool: Pool, kind: str, k: int, b: int, e: int) -> RunResult:
@@ -169,8 +173,7 @@ def run_federated(cfg: GridConfig, pool: Pool, kind: str, k: int, b: int, e: int
                 if stop.is_set():
                     break
                 load_arrays_into(model, pulled.arrays)
-                acc, uar, loss = _evaluate_rows(model, pool, len(arch.classes))
-                result.rows.append(Row(version, acc, uar, loss, time.monotonic() - started))
+                result.rows.append(_score(model, pool, len(arch.classes), version, time.monotonic() - started))
         finally:
             stop.set()
             for t in clients:
@@ -189,25 +192,30 @@ def run_central(cfg: GridConfig, pool: Pool, b: int, e: int) -> RunResult:
     result = RunResult(f"central-B{b}-E{e}", "central", 1, b, e)
     model = build_model(arch.id, seed=cfg.seed)
     started = time.monotonic()
-    acc, uar, loss = _evaluate_rows(model, pool, len(arch.classes))
-    result.rows.append(Row(0, acc, uar, loss, 0.0))
+    result.rows.append(_score(model, pool, len(arch.classes), 0, 0.0))
     for r in range(1, cfg.rounds + 1):
         # A fresh optimizer per E epochs, as each federated round starts one: the same budget.
         train_local(model, pool.x, pool.y, TrainingPlan(e, b, cfg.learning_rate), torch.device("cpu"), seed=cfg.seed + r)
-        acc, uar, loss = _evaluate_rows(model, pool, len(arch.classes))
-        result.rows.append(Row(r, acc, uar, loss, time.monotonic() - started))
+        result.rows.append(_score(model, pool, len(arch.classes), r, time.monotonic() - started))
     result.seconds = time.monotonic() - started
     return result
 
 
-def write_csv(result: RunResult, folder: Path) -> Path:
+def write_csv(result: RunResult, folder: Path, classes: Sequence[str]) -> Path:
+    """Per-round scores as CSV, and the final model's confusion matrix beside it as text."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{result.name}.csv"
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["round", "heldout_accuracy", "heldout_uar", "heldout_loss", "seconds"])
+        w.writerow(["round", "heldout_accuracy", "heldout_uar", "heldout_macro_f1", "heldout_loss", "seconds"])
         for r in result.rows:
-            w.writerow([r.round, f"{r.accuracy:.5f}", f"{r.uar:.5f}", f"{r.loss:.5f}", f"{r.seconds:.2f}"])
+            w.writerow([r.round, f"{r.accuracy:.5f}", f"{r.uar:.5f}", f"{r.macro_f1:.5f}", f"{r.loss:.5f}",
+                        f"{r.seconds:.2f}"])
+    final = result.rows[-1]
+    if final.confusion is not None:
+        (folder / f"{result.name}.confusion.txt").write_text(
+            f"{result.name}, round {final.round}, held-out speakers\n{format_confusion(final.confusion, classes)}\n"
+        )
     return path
 
 
@@ -257,9 +265,9 @@ def tail_mean(rows: list[Row], metric: str, n: int = 5) -> float:
 def table(results: list[RunResult], central: dict[tuple[int, int], RunResult]) -> str:
     """Markdown table of final and late-round scores, with the gap to central UAR (means of the last 5 rounds)."""
     lines = [
-        "| partition | K | B | E | final acc | final UAR | UAR, last 5 | best UAR | central UAR, last 5 "
-        "| FL - central (UAR, last 5) | time |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| partition | K | B | E | final acc | final UAR | final macro-F1 | UAR, last 5 | best UAR "
+        "| central UAR, last 5 | FL - central (UAR, last 5) | time |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         last = r.rows[-1]
@@ -269,7 +277,7 @@ def table(results: list[RunResult], central: dict[tuple[int, int], RunResult]) -
         base_late = tail_mean(base.rows, "uar") if base else float("nan")
         lines.append(
             f"| {r.partition} | {r.clients} | {r.batch_size} | {r.local_epochs} | {last.accuracy:.1%} | "
-            f"{last.uar:.1%} | {late:.1%} | {best:.1%} | {base_late:.1%} | {100 * (late - base_late):+.1f} pts "
+            f"{last.uar:.1%} | {last.macro_f1:.1%} | {late:.1%} | {best:.1%} | {base_late:.1%} | {100 * (late - base_late):+.1f} pts "
             f"| {r.seconds:.0f} s |"
         )
     return "\n".join(lines)
@@ -287,11 +295,12 @@ def run_grid(cfg: GridConfig) -> int:
     print(f"  pool: {len(pool.y)} training files from {len(set(pool.speakers))} speakers; "
           f"held out: {len(pool.test_y)} files from {pool.test_speakers} speakers", flush=True)
     runs_dir = cfg.out / "runs"
+    classes = get_architecture(cfg.architecture).classes
     central: dict[tuple[int, int], RunResult] = {}
     if cfg.central:
         for b, e in itertools.product(cfg.batch_sizes, cfg.local_epochs):
             res = run_central(cfg, pool, b, e)
-            write_csv(res, runs_dir)
+            write_csv(res, runs_dir, classes)
             central[(b, e)] = res
             print(f"  {res.name:<22} UAR {res.rows[-1].uar:6.1%}  acc {res.rows[-1].accuracy:6.1%}  "
                   f"({res.seconds:.0f} s)", flush=True)
@@ -300,7 +309,7 @@ def run_grid(cfg: GridConfig) -> int:
         per_kind = []
         for k, b, e in itertools.product(cfg.clients, cfg.batch_sizes, cfg.local_epochs):
             res = run_federated(cfg, pool, kind, k, b, e)
-            write_csv(res, runs_dir)
+            write_csv(res, runs_dir, classes)
             per_kind.append(res)
             print(f"  {res.name:<22} UAR {res.rows[-1].uar:6.1%}  acc {res.rows[-1].accuracy:6.1%}  "
                   f"({res.seconds:.0f} s)", flush=True)

@@ -22,6 +22,8 @@ def test_tiny_grid_writes_runs_figure_and_table(tmp_path: Path) -> None:
               for n in ("central-B16-E1", "speaker-K2-B16-E1", "iid-K2-B16-E1")}
     assert len(firsts) == 1
     table = (out / "results.md").read_text().splitlines()
-    assert table[0].startswith("| partition | K | B | E | final acc | final UAR | UAR, last 5 |")
+    assert table[0].startswith("| partition | K | B | E | final acc | final UAR | final macro-F1 | UAR, last 5 |")
+    confusion = (out / "runs" / "speaker-K2-B16-E1.confusion.txt").read_text()
+    assert "neutral" in confusion and "angry" in confusion
     assert [line.split("|")[1].strip() for line in table[2:]] == ["speaker", "iid"]
     assert (out / "speaker.png").stat().st_size > 10_000 and (out / "iid.png").exists()
