@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTO_SRC := protos/fedser/v1/aggregator.proto
 
-.PHONY: demo test protos reproduce clean venv
+.PHONY: demo test protos reproduce clean venv bench
 
 venv: $(STAMP)
 
@@ -35,3 +35,9 @@ protos: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
+
+# Benchmarks (issue 6): results in benchmarks/results/, the table also in docs/PERFORMANCE.md.
+# BENCH_ARGS=--quick (under 3 minutes), --full (larger corpus, longer runs), --only round,rss,...
+bench: $(STAMP)
+	$(PY) -c "import librosa" 2>/dev/null || $(VENV)/bin/pip install -q -e '.[dev,bench]'
+	$(PY) -m benchmarks --update-docs $(BENCH_ARGS)

@@ -1,0 +1,171 @@
+"""The markdown table of one benchmark run (benchmarks/results/latest.md, docs/PERFORMANCE.md)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+DOC_BEGIN = "<!-- bench:begin (written by `make bench`; edit outside these markers) -->"
+DOC_END = "<!-- bench:end -->"
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float):
+        if x != x:
+            return "n/a"
+        if abs(x) >= 100:
+            return f"{x:,.0f}"
+        if abs(x) >= 10:
+            return f"{x:.1f}"
+        return f"{x:.{digits}g}" if abs(x) < 1 else f"{x:.2f}"
+    return str(x)
+
+
+def _mib(b: int | None) -> str:
+    """Bytes in the largest unit that keeps them readable."""
+    if b is None:
+        return "n/a"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if b >= size:
+            return f"{b / size:,.2f} {unit}"
+    return f"{b:,} B"
+
+
+def _table(head: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
+    out += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
+    return out
+
+
+def render(result: dict[str, Any]) -> str:
+    m = result["meta"]
+    lines = [
+        f"# fedser benchmark: {m['mode']} run, {m['started']}",
+        "",
+        f"Machine: {m['machine'].get('cpu_count')} CPUs ({m['machine'].get('cpu_model', '?')}), "
+        f"{m['machine'].get('mem_total_gib', '?')} GiB; load average at start "
+        f"{m['machine'].get('loadavg_at_start')}, at end {m.get('loadavg_at_end')}. "
+        f"Whole run: {m['duration_s']:.0f} s. Command: `{m['command']}`.",
+    ]
+    if m.get("note"):
+        lines += ["", f"**Note:** {m['note']}"]
+    sec = result["sections"]
+
+    if "round" in sec:
+        r = sec["round"]
+        lines += ["", "## 1. Round overhead, no training (median of the rounds)", "",
+                  "reference = loopback TCP time for the same bytes (N pulls + N pushes, one connection) "
+                  "+ numpy FedAvg weighted sum of the N updates (float64 accumulator); ratio = round / reference.", ""]
+        lines += _table(
+            ["params", "N", "rounds", "median round s", "pull phase s", "push phase s", "bytes per round",
+             "loopback s", "weighted sum s", "reference s", "**ratio**", "aggregator CPU s / round",
+             "harness CPU s / round"],
+            [(c["params"], c["clients"], c["rounds"], c["median_round_s"], c["median_pull_phase_s"],
+              c["median_push_phase_s"], _mib(c["bytes_per_round"]), c["loopback_s"], c["weighted_sum_s"],
+              c["reference_s"], c["ratio"], _median_or_none(c["aggregator_cpu_s_per_round"]),
+              _median_or_none(c["harness_cpu_s_per_round"]))
+             for c in r["combos"]],
+        )
+        if r.get("skipped"):
+            lines += ["", "Not run in this mode: "
+                      + ", ".join(f"{p:,} params x N={n}" for p, n in r["skipped"])
+                      + " (the default mode runs them all)."]
+        if r.get("errors"):
+            lines += ["", "Failed: " + "; ".join(r["errors"])]
+
+        lines += ["", "## 2. Aggregator peak RSS against N", "",
+                  "VmHWM of the aggregator process at the end of its run; 'at start' is VmRSS once it serves "
+                  "(Python, torch, gRPC, the initial model).", ""]
+        lines += _table(
+            ["params", "model", "N", "concurrent pushes (bound)", "RSS at start MiB", "peak RSS MiB",
+             "peak - start MiB", "(peak - start) / model"],
+            [(c["params"], _mib(4 * c["params"]), c["clients"], c["push_concurrency"],
+              c["aggregator_rss_ready_mib"], c["aggregator_peak_rss_mib"], _diff(c), _per_model(c))
+             for c in r["combos"]],
+        )
+
+    if "features" in sec:
+        f = sec["features"]
+        lines += ["", f"## 3. Feature extraction ({f['files']} files, {f['actors']} synthetic actors, "
+                  f"torch default threads {f['torch_threads']}; feature cache rows at the default)", ""]
+        lines += _table(
+            ["pipeline", "preset", "files/s", "x seed's way", "seconds", "note"],
+            [(row["pipeline"], row["preset"], row["files_per_s"], row["speedup_vs_seed_way"], row["seconds"],
+              _feature_note(row)) for row in f["rows"]],
+        )
+
+    if "train" in sec:
+        t = sec["train"]
+        lines += ["", f"## 4. Local training throughput (train_local, torch {t['torch']}, "
+                  f"default {t['torch_threads']} CPU threads; CUDA available: {_fmt(t['cuda_available'])})", ""]
+        lines += _table(
+            ["architecture", "params", "input", "device", "CPU threads", "batch", "samples", "samples/s"],
+            [(row["architecture"], row["params"], "x".join(map(str, row["input_shape"])), row["device"],
+              row.get("cpu_threads"), row["batch"], row["samples"], row["samples_per_s"]) for row in t["rows"]],
+        )
+        if not t["cuda_available"]:
+            lines += ["", "CUDA: not measured (no GPU on this machine)."]
+
+    if "wire" in sec:
+        w = sec["wire"]
+        lines += ["", "## 5. Bytes on the wire per round per client (pull + push)", "",
+                  "float32: measured through a byte-counting TCP relay (HTTP/2 + gRPC framing included). "
+                  "Other encodings: **projections, not measurements** (the protocol has only "
+                  "UPDATE_ENCODING_FLOAT32); the pull stays float32.", ""]
+        lines += _table(
+            ["model", "params", "encoding", "status", "pull payload", "push payload", "payload per round",
+             "measured on the wire", "framing overhead", "push vs float32"],
+            [(row["model"], row["params"], row["encoding"], row["status"], _mib(row["pull_payload_bytes"]),
+              _mib(row["push_payload_bytes"]), _mib(row["payload_bytes_per_round"]),
+              _mib(row["wire_bytes_per_round"]) if row["wire_bytes_per_round"] is not None else "-",
+              f"{100 * row['framing_overhead']:.3f} %" if row["framing_overhead"] is not None else "-",
+              row["push_vs_float32"]) for row in w["rows"]],
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _median_or_none(xs: list[float | None]) -> float | None:
+    vals = sorted(x for x in xs if x is not None)
+    return vals[len(vals) // 2] if vals else None
+
+
+def _diff(c: dict[str, Any]) -> float | None:
+    if c["aggregator_peak_rss_mib"] is None or c["aggregator_rss_ready_mib"] is None:
+        return None
+    return round(c["aggregator_peak_rss_mib"] - c["aggregator_rss_ready_mib"], 1)
+
+
+def _per_model(c: dict[str, Any]) -> float | None:
+    d = _diff(c)
+    return None if d is None else round(d / (4 * c["params"] / 2**20), 1)
+
+
+def _feature_note(row: dict[str, Any]) -> str:
+    parts = [row["note"]] if row.get("note") else []
+    if row.get("first_call_s") is not None:
+        parts.append(f"warm-up (untimed) {row['first_call_s']:.2f} s")
+    if row.get("max_abs_diff_vs_librosa") is not None:
+        parts.append(f"max abs diff vs librosa {row['max_abs_diff_vs_librosa']}")
+    if row.get("hits") is not None:
+        parts.append(f"hits {row['hits']}, misses {row['misses']}")
+    return "; ".join(parts)
+
+
+def update_doc(doc: Path, table: str) -> bool:
+    """Replace the block between the bench markers in ``doc``; False when the markers are missing."""
+    if not doc.exists():
+        return False
+    text = doc.read_text()
+    pattern = re.compile(re.escape(DOC_BEGIN) + r".*?" + re.escape(DOC_END), re.S)
+    if not pattern.search(text):
+        return False
+    body = re.sub(r"^## ", "#### ", table, flags=re.M)
+    body = re.sub(r"^# ", "### ", body, count=1, flags=re.M)
+    doc.write_text(pattern.sub(lambda _: f"{DOC_BEGIN}\n\n{body}\n{DOC_END}", text))
+    return True

@@ -1,0 +1,77 @@
+"""Smoke test of the benchmark harness (`make bench`, benchmarks/): the smallest settings, every section.
+
+It checks that the harness runs end to end against a real aggregator process
+and writes results with the expected keys and positive numbers. It never
+asserts on speed: timings belong in benchmarks/results/, not in tests.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _positive(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
+
+
+def test_quick_harness_on_the_smallest_settings_writes_json_and_table(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    cmd = [
+        sys.executable, "-m", "benchmarks", "--quick",
+        "--params", "1000", "--clients", "2", "--rounds", "2", "--reference-reps", "1",
+        "--actors", "1", "--no-librosa", "--train-seconds", "0.01",
+        "--wire-sizes", "1000", "--wire-architectures", "none",
+        "--out", str(out), "--name", "smoke", "--workdir", str(tmp_path),
+    ]
+    # One math thread: the smoke test checks plumbing, and on a busy shared machine (CI, other jobs)
+    # torch's OpenMP threads waiting for each other would make it many times slower.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    result = json.loads((out / "smoke.json").read_text())
+    assert json.loads((out / "latest.json").read_text()) == result
+    assert set(result) == {"meta", "sections"}
+    assert set(result["sections"]) == {"round", "features", "train", "wire"}
+    assert result["meta"]["mode"] == "quick" and result["meta"]["failures"] == []
+    assert _positive(result["meta"]["duration_s"])
+
+    (combo,) = result["sections"]["round"]["combos"]
+    assert (combo["params"], combo["clients"], combo["rounds"]) == (1000, 2, 2)
+    assert combo["verified"] is True
+    assert len(combo["round_seconds"]) == 2 and all(_positive(x) for x in combo["round_seconds"])
+    for key in ("median_round_s", "loopback_s", "weighted_sum_s", "reference_s", "ratio",
+                "aggregator_peak_rss_mib", "aggregator_rss_ready_mib", "pull_bytes_per_client",
+                "push_bytes_per_client", "bytes_per_round"):
+        assert _positive(combo[key]), (key, combo[key])
+    assert combo["bytes_per_round"] == 2 * (combo["pull_bytes_per_client"] + combo["push_bytes_per_client"])
+    assert combo["aggregator_peak_rss_mib"] >= combo["aggregator_rss_ready_mib"]
+
+    features = result["sections"]["features"]
+    assert features["files"] == 36
+    measured = [r for r in features["rows"] if r["files_per_s"] is not None]
+    assert {r["preset"] for r in measured} >= {"seed"}
+    assert all(_positive(r["files_per_s"]) and _positive(r["seconds"]) for r in measured)
+    assert any(r["pipeline"].startswith("seed's way") and r["files_per_s"] is None for r in features["rows"])
+
+    train = result["sections"]["train"]["rows"]
+    assert {r["architecture"] for r in train} >= {"seed-cnn-v1"}
+    assert all(_positive(r["samples_per_s"]) and _positive(r["samples"]) for r in train)
+
+    wire = result["sections"]["wire"]["rows"]
+    assert [r["encoding"] for r in wire][0] == "float32"
+    f32 = wire[0]
+    assert f32["status"] == "measured"
+    assert f32["wire_bytes_per_round"] > f32["payload_bytes_per_round"] > 0
+    assert all(r["status"].startswith("projection") for r in wire[1:])
+    assert all(0 < r["push_payload_bytes"] < f32["push_payload_bytes"] for r in wire[1:])
+
+    table = (out / "latest.md").read_text()
+    for heading in ("## 1. Round overhead", "## 2. Aggregator peak RSS", "## 3. Feature extraction",
+                    "## 4. Local training throughput", "## 5. Bytes on the wire"):
+        assert heading in table
