@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from model.ravdess import SEED_CLASSES, ScanResult, Utterance
+from model.ravdess import SEED_CLASSES, ScanResult, scan_names
 
 EMOTIONS: dict[str, str] = {
     "W": "angry",    # Ärger (Wut)
@@ -59,20 +59,11 @@ def parse_name(name: str | Path) -> EmodbInfo:
     return EmodbInfo(speaker=speaker, text=text, emotion=EMOTIONS[emotion], version=version)
 
 
+def _label_and_speaker(name: str) -> tuple[str, str]:
+    info = parse_name(name)
+    return info.emotion, info.speaker
+
+
 def scan(root: Path, classes: Iterable[str] | None = SEED_CLASSES) -> ScanResult:
     """The EmoDB files under ``root`` whose emotion is in ``classes`` (None: every emotion)."""
-    wanted = set(LABELS if classes is None else classes)
-    result = ScanResult(utterances=[])
-    for path in sorted(Path(root).rglob("*")):
-        if not path.is_file() or path.name.startswith("."):
-            continue
-        try:
-            info = parse_name(path.name)
-        except EmodbNameError:
-            result.unrecognised += 1
-            continue
-        if info.emotion not in wanted:
-            result.skipped_other_label += 1
-        else:
-            result.utterances.append(Utterance(path=path, label=info.emotion, speaker=info.speaker))
-    return result
+    return scan_names(root, _label_and_speaker, EmodbNameError, set(LABELS if classes is None else classes))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Collection
 
 EMOTIONS: dict[str, str] = {
     "01": "neutral",
@@ -106,6 +107,29 @@ def parse_name(name: str) -> RavdessInfo:
     if info.emotion == "neutral" and info.intensity == "strong":
         raise RavdessNameError(f"{base}: RAVDESS has no strong intensity for neutral")
     return info
+
+
+def scan_names(
+    root: Path, parse: Callable[[str], tuple[str, str]], bad_name: type[Exception], wanted: Collection[str]
+) -> ScanResult:
+    """Files under ``root`` whose names ``parse`` into (label, speaker) with a wanted label; others counted.
+
+    Shared by the readers of corpora whose file names carry everything (CREMA-D, TESS, EmoDB).
+    """
+    result = ScanResult(utterances=[])
+    for path in sorted(Path(root).rglob("*")):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        try:
+            label, speaker = parse(path.name)
+        except bad_name:
+            result.unrecognised += 1
+            continue
+        if label not in wanted:
+            result.skipped_other_label += 1
+        else:
+            result.utterances.append(Utterance(path=path, label=label, speaker=speaker))
+    return result
 
 
 def scan(root: Path, classes: tuple[str, ...] = SEED_CLASSES) -> ScanResult:
