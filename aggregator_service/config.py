@@ -75,6 +75,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--max-workers", int, d.max_workers, "gRPC worker threads (each open stream holds one)")
     add("--max-streams-per-client", int, d.limits.max_streams_per_client, "open streams one client may hold")
     add("--max-chunk-bytes", int, d.limits.max_chunk_bytes, "largest chunk (and gRPC message) accepted")
+    add("--size-margin-bytes", int, d.limits.size_margin_bytes,
+        "an update may declare at most the model's byte size plus this")
     add("--aggregation", str, r.aggregation, "fedavg (streaming), trimmed-mean or median (hold K updates)")
     add("--trim-fraction", float, r.trim_fraction, "share trimmed from each end by trimmed-mean")
     add("--clip-norm", float, r.clip_norm, "clip each update's L2 distance from the global model; 0: off")
@@ -108,8 +110,8 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         parser.error("--tls-cert and --tls-key go together")
     if a.tls_client_ca and not a.tls_cert:
         parser.error("--tls-client-ca needs --tls-cert and --tls-key")
-    if a.max_streams_per_client < 1 or a.max_chunk_bytes < 1024:
-        parser.error("--max-streams-per-client must be >= 1 and --max-chunk-bytes >= 1024")
+    if a.max_streams_per_client < 1 or a.max_chunk_bytes < 1024 or a.size_margin_bytes < 0:
+        parser.error("--max-streams-per-client must be >= 1, --max-chunk-bytes >= 1024, --size-margin-bytes >= 0")
     for name in ("port", "metrics_port", "health_port"):
         if getattr(a, name) is not None and not 0 <= getattr(a, name) <= 65535:
             parser.error(f"--{name.replace('_', '-')} must be 0..65535")
@@ -137,7 +139,8 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         architecture=a.architecture,
         seed=a.seed,
         rounds=rounds,
-        limits=ServiceLimits(max_streams_per_client=a.max_streams_per_client, max_chunk_bytes=a.max_chunk_bytes),
+        limits=ServiceLimits(max_streams_per_client=a.max_streams_per_client, max_chunk_bytes=a.max_chunk_bytes,
+                             size_margin_bytes=a.size_margin_bytes),
         max_workers=max(4, a.max_workers),
         insecure=a.insecure,
         tls_cert=a.tls_cert,

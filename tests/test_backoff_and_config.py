@@ -177,3 +177,10 @@ def test_min_clients_above_env_clients_per_round_exits(capsys):
 )
 def test_invalid_values_exit(capsys, argv, message):
     assert message in _exit_message(capsys, argv, {})
+
+
+def test_limits_are_configurable():
+    c = parse_config(["--insecure", "--max-streams-per-client", "3", "--max-chunk-bytes", "2048",
+                      "--size-margin-bytes", "0"], {"FEDSER_MAX_SAMPLES": "500"})
+    assert (c.limits.max_streams_per_client, c.limits.max_chunk_bytes, c.limits.size_margin_bytes) == (3, 2048, 0)
+    assert c.rounds.max_samples == 500
