@@ -56,6 +56,13 @@ class AggregatorMetrics:
         )
         self.build = Info("fedser_build", "fedser build and model identity.", registry=r)
         self._evaluated_version = -1
+        # Known label values start at 0, so rate() and increase() have a series from the first scrape on.
+        for closed_by in ("quorum", "deadline"):
+            self.rounds_completed.labels(closed_by=closed_by)
+        for status in ("accepted", "duplicate"):
+            self.updates.labels(status=status, reason="")
+        for status in ("accepted", "rejected"):
+            self.evaluation_reports.labels(status=status)
 
     def set_build(self, version: str, architecture: str) -> None:
         self.build.info({"version": version, "architecture": architecture})
