@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -156,28 +157,21 @@ def test_streams_per_client_are_bounded(tmp_path: Path, pki: Pki) -> None:
     try:
         with channel(running.port, pki) as ch:
             stub = pb_grpc.AggregatorStub(ch)
-            waiting = stub.PullModel(pb.PullModelRequest(client_id="alice", min_version=5, wait_seconds=3),
-                                     timeout=20, metadata=bearer(ALICE))
-            started = threading.Event()
+            held: list = []
 
-            def hold() -> None:
-                started.set()
-                list(waiting)
+            def long_poll() -> None:
+                # Waits 5 s for a version that never comes, holding alice's only stream slot.
+                held.extend(stub.PullModel(pb.PullModelRequest(client_id="alice", min_version=5, wait_seconds=5),
+                                           timeout=20, metadata=bearer(ALICE)))
 
-            t = threading.Thread(target=hold)
+            t = threading.Thread(target=long_poll)
             t.start()
-            started.wait()
-            # Poll until the long poll occupies alice's only slot.
-            code = None
-            for _ in range(50):
-                try:
-                    pull(stub, "alice", bearer(ALICE))
-                except grpc.RpcError as exc:
-                    code = exc.code()
-                    break
-            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            time.sleep(1.5)  # ample for the long poll to reach the server; nothing else runs meanwhile
+            code, details = code_of(lambda: pull(stub, "alice", bearer(ALICE)))
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "1 streams open" in details
             assert pull(stub, "bob", bearer(BOB))[0].model_version == 0  # others are unaffected
             t.join()
+            assert len(held) == 1 and held[0].header.payload_omitted  # the long poll itself ran normally
             assert pull(stub, "alice", bearer(ALICE))[0].model_version == 0  # slot freed
     finally:
         running.stop(grace_s=1)
