@@ -93,8 +93,10 @@ class FederatedSession:
     def _wait_for_next(self, min_version: int) -> PulledModel:
         cid = self.config.client_id
         while True:
+            # wait_s is read per attempt: after an outage the pull answers at once, so a
+            # pending update is re-pushed without first sitting out a whole long poll.
             pulled = self.client.with_retry(
-                "PullModel", lambda: self.client.pull(cid, min_version=min_version, wait_s=POLL_WAIT_S)
+                "PullModel", lambda: self.client.pull(cid, min_version=min_version, wait_s=self._poll_wait())
             )
             if pulled.arrays is not None:
                 self._pending = None
@@ -103,14 +105,21 @@ class FederatedSession:
                 raise Stopped()
             self._repush_after_outage(pulled.header)
 
+    def _poll_wait(self) -> float:
+        if self._pending is not None and self.client.outages != self._pending[2]:
+            return 0.0
+        return POLL_WAIT_S
+
     def _repush_after_outage(self, header: pb.ModelHeader) -> None:
         if self._pending is None:
             return
         update, payload, outages = self._pending
-        if self.client.outages == outages or header.round != update.round:
+        if self.client.outages == outages:
+            return
+        self._pending = (update, payload, self.client.outages)  # handled: polls wait normally again
+        if header.round != update.round:
             return
         log_event(log, "update_repushed", round=update.round, reason="aggregator was unreachable")
-        self._pending = (update, payload, self.client.outages)
         self._push(update, payload)
 
     def _push(self, header: pb.UpdateHeader, payload: bytes) -> bool:
