@@ -101,16 +101,13 @@ class SeedMfccMean:
         # One channel, 1 + num_samples // hop frames (centre-padded STFT).
         return (1, 1 + self.num_samples // self.hop_length)
 
-    def _fit(self, wave: np.ndarray, sr: int) -> torch.Tensor:
-        return self._window(wave, sr)
-
     def extract_batch(self, waves: Sequence[tuple[np.ndarray, int]]) -> np.ndarray:
         """Features for already-windowed mono waveforms, as float32 [N, 1, 97]."""
         if not waves:
             return np.zeros((0, *self.input_shape), dtype=np.float32)
         # [N, 1, samples]: the extra axis makes torchaudio's top_db floor apply per
         # clip; on a [N, samples] batch it is shared, so quiet clips would depend on loud ones.
-        batch = torch.stack([self._fit(w, sr) for w, sr in waves]).unsqueeze(1)
+        batch = torch.stack([self._window(w, sr) for w, sr in waves]).unsqueeze(1)
         with torch.inference_mode():
             mfcc = self._mfcc(batch)  # [N, 1, n_mfcc, frames]
         return mfcc.mean(dim=2).numpy().astype(np.float32)
@@ -189,14 +186,11 @@ class NormalizedMfcc:
     def input_shape(self) -> tuple[int, ...]:
         return (1, self.n_mfcc, self.num_frames)
 
-    def _fit(self, wave: np.ndarray, sr: int) -> torch.Tensor:
-        return self._window(wave, sr)
-
     def extract_batch(self, waves: Sequence[tuple[np.ndarray, int]]) -> np.ndarray:
         """Features for already-windowed mono waveforms, as float32 [N, 1, n_mfcc, frames]."""
         if not waves:
             return np.zeros((0, *self.input_shape), dtype=np.float32)
-        batch = torch.stack([self._fit(w, sr) for w, sr in waves]).unsqueeze(1)  # [N, 1, samples]
+        batch = torch.stack([self._window(w, sr) for w, sr in waves]).unsqueeze(1)  # [N, 1, samples]
         with torch.inference_mode():
             power = self._mel(batch)  # [N, 1, n_mels, frames]
             # [N, 1, F, T] makes the top_db floor per clip (see SeedMfccMean.extract_batch).

@@ -21,7 +21,7 @@ from aggregator_service.servicer import ServiceLimits
 from experiments.processes import single_thread_env, start_aggregator, start_client
 from fedser.v1 import aggregator_pb2 as pb
 from fedser.v1 import aggregator_pb2_grpc as pb_grpc
-from model.serialization import arrays_to_bytes, bytes_to_arrays, iter_chunks, sha256_hex
+from model.serialization import iter_chunks, sha256_hex
 from tests.certificates import Pki, make_pki
 from tests.conftest import scrape
 
