@@ -1,17 +1,17 @@
-"""The networks (the seed's 1D CNN, a small 2D CNN) and the registry of architectures a federation can train.
-
-An architecture id fixes the network, its feature preset and its label set:
-two parties that agree on the id agree on every tensor name and shape.
-"""
+"""The networks: the seed's 1D CNN and a small 2D CNN (their registry is model.architectures)."""
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 
-from model.ravdess import SEED_CLASSES
+# Re-exported: callers that build networks import the registry from here too.
+from model.architectures import (  # noqa: F401
+    ARCHITECTURES,
+    DEFAULT_ARCHITECTURE,
+    Architecture,
+    UnknownArchitectureError,
+    get_architecture,
+)
 
 
 class SeedCNN(nn.Module):
@@ -85,47 +85,6 @@ class SerCnn2d(nn.Module):
         h = self.features(x).mean(dim=2)  # [N, 128, frames / 8]
         stats = torch.cat([h.mean(dim=-1), h.std(dim=-1, unbiased=False)], dim=1)
         return self.classifier(self.dropout(stats))
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """A trainable model definition: network builder, feature preset and label set."""
-
-    id: str
-    preset: str
-    classes: tuple[str, ...]
-    build: Callable[[], nn.Module]
-
-
-ARCHITECTURES: dict[str, Architecture] = {
-    "seed-cnn-v1": Architecture(
-        id="seed-cnn-v1",
-        preset="seed",
-        classes=SEED_CLASSES,
-        build=lambda: SeedCNN(num_classes=len(SEED_CLASSES)),
-    ),
-    "ser-cnn2d-v1": Architecture(
-        id="ser-cnn2d-v1",
-        preset="mfcc40-norm",
-        classes=SEED_CLASSES,
-        build=lambda: SerCnn2d(num_classes=len(SEED_CLASSES)),
-    ),
-}
-DEFAULT_ARCHITECTURE = "seed-cnn-v1"
-
-
-class UnknownArchitectureError(KeyError):
-    """An architecture id that this build of fedser does not know."""
-
-
-def get_architecture(arch_id: str) -> Architecture:
-    """Look up an architecture by id."""
-    try:
-        return ARCHITECTURES[arch_id]
-    except KeyError:
-        raise UnknownArchitectureError(
-            f"unknown architecture {arch_id!r}; known: {', '.join(sorted(ARCHITECTURES))}"
-        ) from None
 
 
 def build_model(arch_id: str, seed: int | None = None) -> nn.Module:
