@@ -14,10 +14,8 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
-from safetensors import safe_open
-
 from model.eventlog import log_event
-from model.serialization import MalformedTensorsError, arrays_to_bytes, bytes_to_arrays, sha256_hex
+from model.serialization import MalformedTensorsError, arrays_to_bytes, sha256_hex, view_arrays, xxh3_hex
 
 log = logging.getLogger("fedser.checkpoints")
 
@@ -26,24 +24,28 @@ _NAME = re.compile(r"^global-v(\d{8})\.safetensors$")
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """One global model version as stored: tensors, their bytes and their metadata."""
+    """One global model version as stored: its payload, read-only views of its tensors, metadata, checksums."""
 
     version: int
     arrays: dict[str, np.ndarray]
-    payload: bytes
+    payload: bytes | bytearray
     metadata: dict[str, str]
     path: Path | None = None
+    sha256: str = ""
+    xxh3_128: str = ""
 
-    @property
-    def sha256(self) -> str:
-        return sha256_hex(self.payload)
+
+def checkpoint_from_payload(version: int, payload: bytes | bytearray, path: Path | None = None) -> Checkpoint:
+    """Parse (zero-copy) and checksum a payload once; raises MalformedTensorsError if it is damaged."""
+    arrays, metadata = view_arrays(payload)
+    if metadata.get("model_version") != str(version):
+        raise MalformedTensorsError(f"metadata says version {metadata.get('model_version')!r}, expected {version}")
+    return Checkpoint(version, arrays, payload, metadata, path, sha256_hex(payload), xxh3_hex(payload))
 
 
 def encode_checkpoint(version: int, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> Checkpoint:
     """Serialize a model version once; the same bytes are stored and served to clients."""
-    meta = {**metadata, "model_version": str(version)}
-    payload = arrays_to_bytes(arrays, meta)
-    return Checkpoint(version=version, arrays=dict(arrays), payload=payload, metadata=meta)
+    return checkpoint_from_payload(version, arrays_to_bytes(arrays, {**metadata, "model_version": str(version)}))
 
 
 class CheckpointStore:
@@ -93,13 +95,10 @@ class CheckpointStore:
     def load(self, version: int) -> Checkpoint:
         """Load and verify one version; raises MalformedTensorsError if it is damaged."""
         path = self.path_for(version)
-        payload = path.read_bytes()
-        arrays = bytes_to_arrays(payload)
-        with safe_open(str(path), framework="numpy") as fh:
-            metadata = dict(fh.metadata() or {})
-        if metadata.get("model_version") != str(version):
-            raise MalformedTensorsError(f"{path.name}: metadata says version {metadata.get('model_version')!r}")
-        return Checkpoint(version=version, arrays=arrays, payload=payload, metadata=metadata, path=path)
+        try:
+            return checkpoint_from_payload(version, path.read_bytes(), path)
+        except MalformedTensorsError as exc:
+            raise MalformedTensorsError(f"{path.name}: {exc}") from None
 
     def latest(self) -> Checkpoint | None:
         """The newest checkpoint that loads cleanly; damaged ones are logged and skipped."""

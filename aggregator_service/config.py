@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 
 from aggregator_service.rounds import RoundConfig
 from aggregator_service.servicer import ServiceLimits
-from model.network import ARCHITECTURES, DEFAULT_ARCHITECTURE
+from model.architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE
 from model.plan import TrainingPlan
 
 

@@ -51,3 +51,15 @@ class InvalidReportError(RejectedError):
     """An evaluation report that cannot be right (INVALID_ARGUMENT)."""
 
     reason = "invalid_report"
+
+
+class BusyError(RejectedError):
+    """No receive buffer came free in time; the client retries later."""
+
+    reason = "busy"
+
+
+class WrongBaseError(RejectedError):
+    """A delta update computed from another global version than the round's."""
+
+    reason = "wrong_base"

@@ -1,36 +1,56 @@
 """Streaming FedAvg: w = sum_k (n_k / m) * w_k, accumulated in float64 one update at a time.
 
 Memory is O(model) whatever the number of clients: no update is kept after it
-is folded in. A partial sum with its sample count is itself a valid update, so
-accumulators merge (the basis for hierarchical aggregation).
+is folded in. Updates are folded block by block through one small float64
+scratch buffer that stays in cache, so adding a 100 MB update allocates nothing
+and reads it once. Delta-encoded updates (model/encodings.py) add n_k * d_k;
+the global model they started from is added once, weighted by their samples,
+when the result is taken. A partial sum with its sample count is itself a
+valid update, so accumulators merge (the basis for hierarchical aggregation).
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
+
+from model.encodings import Term
+
+BLOCK = 1 << 16  # elements per step: 512 KiB of float64 scratch, resident in L2
 
 
 class FedAvgAccumulator:
     """Running sum of n_k * w_k (float64) and m = sum of n_k."""
 
-    def __init__(self, template: Mapping[str, np.ndarray]) -> None:
-        self._sums = {name: np.zeros(a.shape, dtype=np.float64) for name, a in template.items()}
-        largest = max((a.size for a in template.values()), default=0)
-        # One reusable float64 buffer for n_k * w_k keeps add() allocation-free.
-        self._scratch = np.empty(largest, dtype=np.float64)
+    def __init__(self, template: Mapping[str, object]) -> None:
+        # template: name -> anything with .shape (arrays or TensorSpecs)
+        self._sums = {name: np.zeros(a.shape, dtype=np.float64) for name, a in template.items()}  # type: ignore[attr-defined]
+        self._scratch = np.empty(BLOCK, dtype=np.float64)
         self.total_samples = 0
+        self.delta_samples = 0  # samples behind updates sent as deltas from the base model
         self.updates = 0
 
     def add(self, arrays: Mapping[str, np.ndarray], num_samples: int) -> None:
-        """Fold in one validated update with weight ``num_samples`` (> 0)."""
+        """Fold in one validated update of full weights with weight ``num_samples`` (> 0)."""
+        self.add_terms((Term(name, arrays[name], 1.0) for name in self._sums), num_samples, delta=False)
+
+    def add_terms(self, terms: Iterable[Term], num_samples: int, delta: bool) -> None:
+        """Fold in a decoded update: sum += num_samples * scale * values, tensor by tensor."""
         if num_samples <= 0:
             raise ValueError("num_samples must be positive")
-        for name, acc in self._sums.items():
-            scratch = self._scratch[: acc.size].reshape(acc.shape)
-            np.multiply(arrays[name], float(num_samples), out=scratch, dtype=np.float64)
-            np.add(acc, scratch, out=acc)
+        scratch = self._scratch
+        for t in terms:
+            acc = self._sums[t.name].reshape(-1)
+            values = t.values.reshape(-1)
+            weight = float(num_samples) * t.scale
+            for start in range(0, acc.size, BLOCK):
+                stop = min(start + BLOCK, acc.size)
+                s = scratch[: stop - start]
+                np.multiply(values[start:stop], weight, out=s, dtype=np.float64)
+                np.add(acc[start:stop], s, out=acc[start:stop])
         self.total_samples += int(num_samples)
+        if delta:
+            self.delta_samples += int(num_samples)
         self.updates += 1
 
     def merge(self, other: "FedAvgAccumulator") -> None:
@@ -38,11 +58,35 @@ class FedAvgAccumulator:
         for name, acc in self._sums.items():
             np.add(acc, other._sums[name], out=acc)
         self.total_samples += other.total_samples
+        self.delta_samples += other.delta_samples
         self.updates += other.updates
 
-    def result(self, dtype: np.dtype = np.float32) -> dict[str, np.ndarray]:
-        """The weighted average, cast to ``dtype``; needs at least one update."""
+    def result(self, dtype: np.dtype = np.float32, base: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """The weighted average, cast to ``dtype``; ``base`` (the round's global) is needed after delta updates."""
+        out = {name: np.empty(acc.shape, dtype=dtype) for name, acc in self._sums.items()}
+        self.result_into(out, base)
+        return out
+
+    def result_into(self, out: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray] | None = None) -> None:
+        """Write the weighted average into ``out`` (e.g. views of the next checkpoint's payload), block by block."""
         if self.total_samples == 0:
             raise ValueError("no updates accumulated")
+        if self.delta_samples and base is None:
+            raise ValueError("delta updates were added: the base model is needed")
         m = float(self.total_samples)
-        return {name: (acc / m).astype(dtype) for name, acc in self._sums.items()}
+        md = float(self.delta_samples)
+        scratch = self._scratch
+        for name, acc in self._sums.items():
+            flat_out, flat_acc = out[name].reshape(-1), acc.reshape(-1)
+            flat_base = base[name].reshape(-1) if md and base is not None else None
+            for start in range(0, flat_acc.size, BLOCK):
+                stop = min(start + BLOCK, flat_acc.size)
+                s = scratch[: stop - start]
+                if flat_base is not None:
+                    # (sum n_k d_k + m_delta * g) / m = sum n_k w_k / m
+                    np.multiply(flat_base[start:stop], md, out=s, dtype=np.float64)
+                    np.add(s, flat_acc[start:stop], out=s)
+                    np.divide(s, m, out=s)
+                else:
+                    np.divide(flat_acc[start:stop], m, out=s)
+                flat_out[start:stop] = s

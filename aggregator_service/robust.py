@@ -20,7 +20,7 @@ class Aggregator(Protocol):
 
     def add(self, arrays: Mapping[str, np.ndarray], num_samples: int) -> None: ...
 
-    def result(self, dtype: np.dtype = np.float32) -> dict[str, np.ndarray]: ...
+    def result(self, dtype: np.dtype = np.float32, base: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]: ...
 
 
 def update_norm(arrays: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> float:
@@ -70,7 +70,8 @@ class StackedAggregator:
         self.total_samples += int(num_samples)
         self.updates += 1
 
-    def result(self, dtype: np.dtype = np.float32) -> dict[str, np.ndarray]:
+    def result(self, dtype: np.dtype = np.float32, base: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """The robust statistic per coordinate (updates are stored as full weights, so ``base`` is unused)."""
         if self.updates == 0:
             raise ValueError("no updates accumulated")
         out = {}

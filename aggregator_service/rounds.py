@@ -13,7 +13,7 @@ from typing import Callable, Mapping, Protocol
 
 import numpy as np
 
-from aggregator_service.checkpoints import Checkpoint, encode_checkpoint
+from aggregator_service.checkpoints import Checkpoint, checkpoint_from_payload
 from aggregator_service.errors import (
     DuplicateClientError,
     FederationFinishedError,
@@ -24,7 +24,9 @@ from aggregator_service.evaluations import EvalMetrics, check_report, pool
 from aggregator_service.fedavg import FedAvgAccumulator
 from aggregator_service.robust import Aggregator, StackedAggregator, clip_update
 from aggregator_service.validation import check_identifier, check_num_samples
+from model.encodings import Encoding, TensorSpec, decode_terms, decode_weights
 from model.plan import TrainingPlan
+from model.serialization import allocate_payload
 
 
 AGGREGATIONS = ("fedavg", "trimmed-mean", "median")
@@ -166,6 +168,7 @@ class RoundManager:
         self._cond = threading.Condition()
         self._global = initial
         self._template = {k: v for k, v in initial.arrays.items()}
+        self._specs = {k: TensorSpec(v.dtype, v.shape) for k, v in initial.arrays.items()}
         self._finished = bool(config.max_rounds) and initial.version >= config.max_rounds
         self._stopping = False
         self._history: list[RoundSummary] = []
@@ -182,6 +185,11 @@ class RoundManager:
     @property
     def template(self) -> Mapping[str, np.ndarray]:
         return self._template
+
+    @property
+    def specs(self) -> Mapping[str, TensorSpec]:
+        """Name -> dtype and shape of every tensor of the global model."""
+        return self._specs
 
     def status(self) -> RoundStatus:
         with self._cond:
@@ -214,8 +222,13 @@ class RoundManager:
         with self._cond:
             return self._check_locked(meta)
 
-    def accept(self, meta: UpdateMeta, arrays: Mapping[str, np.ndarray]) -> AcceptResult:
-        """Fold a validated update into the open round; closes the round at quorum."""
+    def accept(
+        self, meta: UpdateMeta, arrays: Mapping[str, np.ndarray], encoding: Encoding = Encoding.FLOAT32
+    ) -> AcceptResult:
+        """Fold a validated update (tensors as sent, in ``encoding``) into the open round; closes it at quorum.
+
+        ``arrays`` may be views of a buffer the caller reuses: nothing here keeps them.
+        """
         check_identifier(meta.client_id, "client_id")
         check_identifier(meta.update_id, "update_id")
         check_num_samples(meta.num_samples, self.config.max_samples)
@@ -224,10 +237,16 @@ class RoundManager:
             if seen is not None:
                 return seen
             clipped = False
-            if self.config.clip_norm > 0:
-                arrays, norm = clip_update(arrays, self._global.arrays, self.config.clip_norm)
-                clipped = norm > self.config.clip_norm
-            self._acc.add(arrays, meta.num_samples)
+            if isinstance(self._acc, FedAvgAccumulator) and self.config.clip_norm <= 0:
+                # The fast path: fold the tensors as sent, never rebuilding w_k.
+                self._acc.add_terms(decode_terms(arrays, self._specs, encoding), meta.num_samples, encoding.is_delta)
+            else:
+                if encoding.is_delta:
+                    arrays = decode_weights(arrays, self._global.arrays, encoding)
+                if self.config.clip_norm > 0:
+                    arrays, norm = clip_update(arrays, self._global.arrays, self.config.clip_norm)
+                    clipped = norm > self.config.clip_norm
+                self._acc.add(arrays, meta.num_samples)
             self._contributors.add(meta.client_id)
             self._update_ids[meta.update_id] = self._round
             while len(self._update_ids) > 4096 and next(iter(self._update_ids.values())) < self._round - self.UPDATE_ID_MEMORY_ROUNDS:
@@ -340,8 +359,16 @@ class RoundManager:
 
     def _close_locked(self, closed_by: str) -> None:
         new_version = self._global.version + 1
-        arrays = self._acc.result(dtype=np.float32)
-        checkpoint = encode_checkpoint(new_version, arrays, self._global_metadata())
+        # The average is written straight into the new checkpoint's payload: one copy of the new model.
+        metadata = {**self._global_metadata(), "model_version": str(new_version)}
+        payload, views = allocate_payload({k: (s.dtype, s.shape) for k, s in self._specs.items()}, metadata)
+        if isinstance(self._acc, FedAvgAccumulator):
+            self._acc.result_into(views, base=self._global.arrays)
+        else:
+            for name, value in self._acc.result(dtype=np.float32).items():
+                views[name][...] = value
+        del views
+        checkpoint = checkpoint_from_payload(new_version, payload)
         # Persist before serving: a restart must never find a version clients saw but disk lost.
         self._persist(checkpoint)
         m = self._acc.total_samples

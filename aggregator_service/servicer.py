@@ -16,23 +16,27 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from aggregator_service.errors import (
+    BusyError,
     DuplicateClientError,
     FederationFinishedError,
     InvalidReportError,
     InvalidUpdateError,
     RejectedError,
     TooManyStreamsError,
+    WrongBaseError,
     WrongRoundError,
 )
 from aggregator_service.evaluations import EvalMetrics
 from aggregator_service.metrics import AggregatorMetrics
+from aggregator_service.receive import ReceiveBuffers, receive_into
 from aggregator_service.rounds import AcceptResult, RoundManager, UpdateMeta
 from aggregator_service.security import Authenticator, PermissionDeniedError, UnauthenticatedError
 from aggregator_service.validation import check_declared_size, check_tensors
 from fedser.v1 import aggregator_pb2 as pb
 from fedser.v1 import aggregator_pb2_grpc as pb_grpc
 from model.eventlog import log_event
-from model.serialization import MalformedTensorsError, bytes_to_arrays, iter_chunks, sha256_hex
+from model.encodings import expected_layout, from_proto
+from model.serialization import MalformedTensorsError, iter_chunks, view_arrays
 
 log = logging.getLogger("fedser.aggregator")
 
@@ -43,6 +47,8 @@ STATUS_FOR_ERROR: dict[type[RejectedError], grpc.StatusCode] = {
     FederationFinishedError: grpc.StatusCode.FAILED_PRECONDITION,
     DuplicateClientError: grpc.StatusCode.ALREADY_EXISTS,
     TooManyStreamsError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    BusyError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    WrongBaseError: grpc.StatusCode.FAILED_PRECONDITION,
     UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
 }
@@ -57,6 +63,10 @@ class ServiceLimits:
     size_margin_bytes: int = 64 << 10
     max_wait_s: float = 30.0
     max_streams_per_client: int = 2
+    # Pushes in flight hold one buffer of (model bytes + margin) each; this
+    # budget bounds them all (at least one buffer), whatever the number of clients.
+    receive_buffer_bytes: int = 256 << 20
+    max_buffer_wait_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,8 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
         self._limits = limits
         self._auth = auth or Authenticator(None)
         self._streams: Counter[str] = Counter()
+        buffer_bytes = len(manager.global_model.payload) + limits.size_margin_bytes
+        self._buffers = ReceiveBuffers(buffer_bytes, max(1, limits.receive_buffer_bytes // buffer_bytes))
         self._streams_lock = threading.Lock()
 
     @contextmanager
@@ -146,6 +158,7 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             ),
             total_bytes=len(model.payload),
             sha256=model.sha256,
+            xxh3_128=model.xxh3_128,
             finished=status.finished and model.version == status.model_version,
             payload_omitted=model.version < request.min_version and not status.finished,
         )
@@ -173,7 +186,7 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             raise AssertionError("unreachable")  # context.abort raises
 
     def _push(self, request_iterator: Iterable[pb.PushUpdateRequest], h: pb.UpdateHeader) -> pb.PushUpdateResponse:
-        """Header checks first, then the bulk bytes, then the tensors, then the round logic."""
+        """Header checks first, then the bulk bytes into a pooled buffer, then the tensors, then the round logic."""
         meta = UpdateMeta(
             client_id=h.client_id,
             round=h.round,
@@ -182,41 +195,31 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             train_loss=h.train_loss if _finite(h.train_loss) else 0.0,
             train_accuracy=h.train_accuracy if _finite(h.train_accuracy) else 0.0,
         )
-        if h.encoding not in (pb.UPDATE_ENCODING_UNSPECIFIED, pb.UPDATE_ENCODING_FLOAT32):
+        encoding = from_proto(h.encoding)
+        if encoding is None:
             raise InvalidUpdateError(f"unsupported update encoding {h.encoding}", reason="bad_header")
-        model_bytes = len(self._manager.global_model.payload)
-        check_declared_size(h.total_bytes, h.sha256, model_bytes + self._limits.size_margin_bytes)
+        check_declared_size(h.total_bytes, h.sha256, h.xxh3_128, self._buffers.size)
         seen = self._manager.precheck(meta)
         if seen is not None:
             return self._acknowledge(meta, seen)
-        payload = self._read_payload(request_iterator, h.total_bytes)
-        if sha256_hex(payload) != h.sha256:
-            raise InvalidUpdateError("checksum does not match the payload", reason="checksum")
-        try:
-            arrays = bytes_to_arrays(payload)
-        except MalformedTensorsError as exc:
-            raise InvalidUpdateError(str(exc), reason="malformed") from None
-        check_tensors(arrays, self._manager.template)
-        return self._acknowledge(meta, self._manager.accept(meta, arrays))
-
-    def _read_payload(self, request_iterator: Iterable[pb.PushUpdateRequest], total: int) -> bytearray:
-        buf = bytearray(total)
-        view = memoryview(buf)
-        offset = 0
-        for msg in request_iterator:
-            if msg.WhichOneof("payload") != "chunk":
-                raise InvalidUpdateError("only chunks may follow the header", reason="bad_stream")
-            n = len(msg.chunk)
-            if n > self._limits.max_chunk_bytes:
-                raise InvalidUpdateError(f"chunk of {n} bytes exceeds {self._limits.max_chunk_bytes}", reason="too_large")
-            if offset + n > total:
-                raise InvalidUpdateError(f"payload exceeds the declared {total} bytes", reason="size_mismatch")
-            view[offset : offset + n] = msg.chunk
-            offset += n
-            self._metrics.bytes_received.inc(n)
-        if offset != total:
-            raise InvalidUpdateError(f"payload has {offset} bytes, header declared {total}", reason="size_mismatch")
-        return buf
+        if encoding.is_delta and h.base_version != self._manager.global_model.version:
+            raise WrongBaseError(
+                f"a delta update must start from global version {self._manager.global_model.version}, "
+                f"not {h.base_version}"
+            )
+        with self._buffers.acquire(self._limits.max_buffer_wait_s) as buf:
+            payload = receive_into(
+                request_iterator, buf, h.total_bytes, self._limits.max_chunk_bytes, h.sha256, h.xxh3_128,
+                self._metrics.bytes_received.inc,
+            )
+            try:
+                arrays, _ = view_arrays(payload)  # views of buf: folded below, never kept
+            except MalformedTensorsError as exc:
+                raise InvalidUpdateError(str(exc), reason="malformed") from None
+            check_tensors(arrays, expected_layout(self._manager.specs, encoding))
+            result = self._manager.accept(meta, arrays, encoding)
+            del arrays, payload
+        return self._acknowledge(meta, result)
 
     def _acknowledge(self, meta: UpdateMeta, result: AcceptResult) -> pb.PushUpdateResponse:
         self._metrics.update_accepted(result.accepted_in_round, result.duplicate)

@@ -7,8 +7,10 @@ from typing import Mapping
 import numpy as np
 
 from aggregator_service.errors import InvalidUpdateError
+from model.encodings import TensorSpec
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_XXH3 = re.compile(r"^[0-9a-f]{32}$")
 _ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 
 
@@ -18,8 +20,8 @@ def check_identifier(value: str, what: str) -> None:
         raise InvalidUpdateError(f"{what} must be 1-128 characters of [A-Za-z0-9._:@-]", reason="bad_header")
 
 
-def check_declared_size(total_bytes: int, sha256: str, max_bytes: int) -> None:
-    """The declared payload size and checksum, checked before any bulk data is read."""
+def check_declared_size(total_bytes: int, sha256: str, xxh3_128: str, max_bytes: int) -> None:
+    """The declared payload size and checksums, checked before any bulk data is read."""
     if total_bytes <= 0:
         raise InvalidUpdateError("total_bytes must be positive", reason="bad_header")
     if total_bytes > max_bytes:
@@ -27,8 +29,12 @@ def check_declared_size(total_bytes: int, sha256: str, max_bytes: int) -> None:
             f"declared total_bytes {total_bytes} exceeds the limit of {max_bytes} for this model",
             reason="too_large",
         )
-    if not _SHA256.match(sha256):
+    if not sha256 and not xxh3_128:
+        raise InvalidUpdateError("a checksum is required: sha256 or xxh3_128", reason="bad_header")
+    if sha256 and not _SHA256.match(sha256):
         raise InvalidUpdateError("sha256 must be 64 lowercase hex digits", reason="bad_header")
+    if xxh3_128 and not _XXH3.match(xxh3_128):
+        raise InvalidUpdateError("xxh3_128 must be 32 lowercase hex digits", reason="bad_header")
 
 
 def check_num_samples(num_samples: int, max_samples: int) -> None:
@@ -45,10 +51,10 @@ def _quote(name: str, limit: int = 64) -> str:
     return name if len(name) <= limit and name.isprintable() and name.isascii() else repr(name[:limit]) + "..."
 
 
-def check_tensors(arrays: Mapping[str, np.ndarray], template: Mapping[str, np.ndarray]) -> None:
-    """Names, shapes and dtypes must match the global model exactly; values must be finite."""
-    missing = sorted(set(template) - set(arrays))
-    unexpected = sorted(set(arrays) - set(template))
+def check_tensors(arrays: Mapping[str, np.ndarray], layout: Mapping[str, TensorSpec]) -> None:
+    """Names, shapes and dtypes must match the expected layout exactly; float values must be finite."""
+    missing = sorted(set(layout) - set(arrays))
+    unexpected = sorted(set(arrays) - set(layout))
     if missing or unexpected:
         parts = []
         if missing:
@@ -57,14 +63,30 @@ def check_tensors(arrays: Mapping[str, np.ndarray], template: Mapping[str, np.nd
             # These names come from the client: quote them, and only the start of each.
             parts.append(f"unexpected {', '.join(_quote(n) for n in unexpected[:5])}")
         raise InvalidUpdateError("tensor names do not match the model: " + "; ".join(parts), reason="tensor_names")
-    for name, ref in template.items():
+    for name, ref in layout.items():
         got = arrays[name]
         if got.dtype != ref.dtype:
             raise InvalidUpdateError(f"tensor {name}: dtype {got.dtype}, expected {ref.dtype}", reason="tensor_dtype")
-        if got.shape != ref.shape:
+        if got.shape != tuple(ref.shape):
             raise InvalidUpdateError(
                 f"tensor {name}: shape {list(got.shape)}, expected {list(ref.shape)}", reason="tensor_shape"
             )
+    flags = np.empty(_BLOCK, dtype=bool)
     for name, got in arrays.items():
-        if not np.isfinite(got).all():
+        if got.dtype.kind == "f" and not _all_finite(got.reshape(-1), flags):
             raise InvalidUpdateError(f"tensor {name} contains NaN or Inf", reason="non_finite")
+
+
+_BLOCK = 1 << 16
+
+
+def _all_finite(flat: np.ndarray, flags: np.ndarray) -> bool:
+    # Block by block into one small buffer: a whole-tensor np.isfinite would
+    # allocate a temporary of a quarter of the update's size on every push.
+    for start in range(0, flat.size, _BLOCK):
+        block = flat[start : start + _BLOCK]
+        out = flags[: block.size]
+        np.isfinite(block, out=out)
+        if not out.all():
+            return False
+    return True

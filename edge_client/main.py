@@ -23,6 +23,7 @@ from model.eventlog import log_event, setup_logging
 from model.lifecycle import stop_on_signals
 from model.features import get_preset
 from model.feature_cache import FeatureCache
+from model.encodings import Encoding
 from model.network import ARCHITECTURES, DEFAULT_ARCHITECTURE, get_architecture
 
 log = logging.getLogger("fedser.client")
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show a progress bar while extracting features (default: on a terminal)")
     p.add_argument("--architecture", default=DEFAULT_ARCHITECTURE, choices=sorted(ARCHITECTURES),
                    help="model the aggregator trains: fixes features and labels (default: %(default)s)")
+    p.add_argument("--update-encoding", default=Encoding.FLOAT32.value, choices=[e.value for e in Encoding],
+                   help="float32 weights, or fp16 / int8 deltas from the pulled model: 1/2 or 1/4 of the bytes "
+                        "(default: %(default)s)")
     p.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
                    help="feature cache, keyed by file content and preset (default: %(default)s)")
     p.add_argument("--no-cache", action="store_true", help="extract features without reading or writing the cache")
@@ -129,7 +133,8 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
                               security=read_security(args))
     try:
         session = FederatedSession(
-            SessionConfig(args.client_id, args.rounds, device, args.seed, arch.id), data, arch.classes, client, stop
+            SessionConfig(args.client_id, args.rounds, device, args.seed, arch.id, Encoding(args.update_encoding)),
+            data, arch.classes, client, stop
         )
         session.run()
     finally:

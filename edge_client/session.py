@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass
 
 import grpc
+import numpy as np
 import torch
 
 from edge_client.dataset import LocalData
@@ -14,10 +15,11 @@ from edge_client.errors import ModelMismatchError, RefusedError
 from edge_client.training import TrainingInterrupted, evaluate, train_local
 from edge_client.transport import AggregatorClient, PulledModel, Stopped
 from fedser.v1 import aggregator_pb2 as pb
+from model.encodings import Encoding, encode_update, to_proto
 from model.eventlog import log_event
-from model.plan import TrainingPlan
 from model.network import DEFAULT_ARCHITECTURE, Architecture, UnknownArchitectureError, build_model, get_architecture
-from model.serialization import arrays_to_bytes, load_arrays_into, module_to_arrays, sha256_hex
+from model.plan import TrainingPlan
+from model.serialization import arrays_to_bytes, load_arrays_into, module_to_arrays, xxh3_hex
 
 log = logging.getLogger("fedser.client")
 
@@ -32,6 +34,8 @@ class SessionConfig:
     seed: int = 0
     # The architecture whose features this client extracted; the aggregator's must match.
     architecture: str = DEFAULT_ARCHITECTURE
+    # How updates travel: float32 weights, or fp16 / int8 deltas from the pulled model.
+    encoding: Encoding = Encoding.FLOAT32
 
 
 class FederatedSession:
@@ -148,18 +152,19 @@ class FederatedSession:
             raise Stopped() from None
         log_event(log, "trained", round=h.round, samples=result.num_samples, loss=round(result.loss, 4),
                   accuracy=round(result.accuracy, 4))
-        payload = arrays_to_bytes(module_to_arrays(model))
+        rng = np.random.default_rng([self.config.seed, h.round])  # stochastic rounding of int8 deltas
+        payload = arrays_to_bytes(encode_update(module_to_arrays(model), pulled.arrays, self.config.encoding, rng))
         header = pb.UpdateHeader(
             client_id=self.config.client_id,
             round=h.round,
             num_samples=result.num_samples,
             update_id=uuid.uuid4().hex,  # reused by every retry of this push
             total_bytes=len(payload),
-            sha256=sha256_hex(payload),
+            xxh3_128=xxh3_hex(payload),
             train_loss=result.loss,
             train_accuracy=result.accuracy,
             base_version=h.model_version,
-            encoding=pb.UPDATE_ENCODING_FLOAT32,
+            encoding=to_proto(self.config.encoding),
         )
         outages = self.client.outages
         if self._push(header, payload):

@@ -15,7 +15,7 @@ from edge_client.errors import ClientError
 from fedser.v1 import aggregator_pb2 as pb
 from fedser.v1 import aggregator_pb2_grpc as pb_grpc
 from model.eventlog import log_event
-from model.serialization import MalformedTensorsError, bytes_to_arrays, iter_chunks, sha256_hex
+from model.serialization import MalformedTensorsError, bytes_to_arrays, iter_chunks, sha256_hex, xxh3_hex
 
 log = logging.getLogger("fedser.client")
 
@@ -117,7 +117,7 @@ class AggregatorClient:
             payload += msg.chunk
             if len(payload) > header.total_bytes:
                 raise ClientError("aggregator sent more model bytes than its header declared")
-        if len(payload) != header.total_bytes or sha256_hex(payload) != header.sha256:
+        if len(payload) != header.total_bytes or not _checksum_matches(payload, header):
             raise ClientError("global model arrived damaged (size or checksum mismatch)")
         try:
             return PulledModel(header, bytes_to_arrays(bytes(payload)))
@@ -139,3 +139,10 @@ class AggregatorClient:
 
     def status(self) -> pb.GetStatusResponse:
         return self._stub.GetStatus(pb.GetStatusRequest(), timeout=self._timeout, metadata=self._metadata)
+
+
+def _checksum_matches(payload: bytearray, header: pb.ModelHeader) -> bool:
+    """The cheap XXH3-128 when the aggregator sent it (older ones send only SHA-256)."""
+    if header.xxh3_128:
+        return xxh3_hex(payload) == header.xxh3_128
+    return sha256_hex(payload) == header.sha256

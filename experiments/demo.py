@@ -20,6 +20,7 @@ from experiments.processes import ProcessStartError, start_aggregator, start_cli
 from experiments.synthetic_corpus import CorpusSpec, generate_actor
 from fedser.v1 import aggregator_pb2 as pb
 from fedser.v1 import aggregator_pb2_grpc as pb_grpc
+from model.encodings import Encoding
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class DemoConfig:
     learning_rate: float = 1e-3
     seed: int = 0
     out: Path = Path("demo-output")
+    update_encoding: str = "float32"
 
 
 @dataclass
@@ -57,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="(default: %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="corpus and model seed (default: %(default)s)")
     p.add_argument("--out", type=Path, default=d.out, help="output folder (default: %(default)s)")
+    p.add_argument("--update-encoding", default=d.update_encoding, choices=[e.value for e in Encoding],
+                   help="how clients send updates: float32, fp16-delta or int8-delta (default: %(default)s)")
     return p
 
 
@@ -137,7 +141,8 @@ def run(cfg: DemoConfig) -> int:
     print(f"  aggregator on {agg.target}, metrics on http://127.0.0.1:{agg.metrics_port}/metrics")
     clients = [
         start_client(agg.target, folder, f"client-{k + 1}", logs / f"client-{k + 1}.log",
-                     args=["--threads", "1", "--seed", str(cfg.seed), "--cache-dir", str(out / "cache")], env=env)
+                     args=["--threads", "1", "--seed", str(cfg.seed), "--cache-dir", str(out / "cache"),
+                           "--update-encoding", cfg.update_encoding], env=env)
         for k, folder in enumerate(folders)
     ]
     rows: list[RoundRow] = []
@@ -222,5 +227,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.clients < 1 or a.actors_per_client < 2 or a.rounds < 1:
         parser.error("--clients >= 1, --actors-per-client >= 2 (one is held out) and --rounds >= 1")
     cfg = DemoConfig(a.clients, a.actors_per_client, a.rounds, a.local_epochs, a.batch_size, a.learning_rate,
-                     a.seed, a.out)
+                     a.seed, a.out, a.update_encoding)
     return run(cfg)

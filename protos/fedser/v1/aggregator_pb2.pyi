@@ -14,8 +14,12 @@ class UpdateEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     UPDATE_ENCODING_UNSPECIFIED: _ClassVar[UpdateEncoding]
     UPDATE_ENCODING_FLOAT32: _ClassVar[UpdateEncoding]
+    UPDATE_ENCODING_FLOAT16_DELTA: _ClassVar[UpdateEncoding]
+    UPDATE_ENCODING_INT8_DELTA: _ClassVar[UpdateEncoding]
 UPDATE_ENCODING_UNSPECIFIED: UpdateEncoding
 UPDATE_ENCODING_FLOAT32: UpdateEncoding
+UPDATE_ENCODING_FLOAT16_DELTA: UpdateEncoding
+UPDATE_ENCODING_INT8_DELTA: UpdateEncoding
 
 class TrainingPlan(_message.Message):
     __slots__ = ("local_epochs", "batch_size", "learning_rate", "deadline")
@@ -40,7 +44,7 @@ class PullModelRequest(_message.Message):
     def __init__(self, client_id: _Optional[str] = ..., min_version: _Optional[int] = ..., wait_seconds: _Optional[float] = ...) -> None: ...
 
 class ModelHeader(_message.Message):
-    __slots__ = ("round", "model_version", "architecture_id", "labels", "feature_preset", "plan", "total_bytes", "sha256", "finished", "payload_omitted")
+    __slots__ = ("round", "model_version", "architecture_id", "labels", "feature_preset", "plan", "total_bytes", "sha256", "finished", "payload_omitted", "xxh3_128")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +55,7 @@ class ModelHeader(_message.Message):
     SHA256_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_OMITTED_FIELD_NUMBER: _ClassVar[int]
+    XXH3_128_FIELD_NUMBER: _ClassVar[int]
     round: int
     model_version: int
     architecture_id: str
@@ -61,7 +66,8 @@ class ModelHeader(_message.Message):
     sha256: str
     finished: bool
     payload_omitted: bool
-    def __init__(self, round: _Optional[int] = ..., model_version: _Optional[int] = ..., architecture_id: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., feature_preset: _Optional[str] = ..., plan: _Optional[_Union[TrainingPlan, _Mapping]] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., finished: _Optional[bool] = ..., payload_omitted: _Optional[bool] = ...) -> None: ...
+    xxh3_128: str
+    def __init__(self, round: _Optional[int] = ..., model_version: _Optional[int] = ..., architecture_id: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., feature_preset: _Optional[str] = ..., plan: _Optional[_Union[TrainingPlan, _Mapping]] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., finished: _Optional[bool] = ..., payload_omitted: _Optional[bool] = ..., xxh3_128: _Optional[str] = ...) -> None: ...
 
 class PullModelResponse(_message.Message):
     __slots__ = ("header", "chunk")
@@ -72,7 +78,7 @@ class PullModelResponse(_message.Message):
     def __init__(self, header: _Optional[_Union[ModelHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
-    __slots__ = ("client_id", "round", "num_samples", "update_id", "total_bytes", "sha256", "train_loss", "train_accuracy", "base_version", "encoding")
+    __slots__ = ("client_id", "round", "num_samples", "update_id", "total_bytes", "sha256", "train_loss", "train_accuracy", "base_version", "encoding", "xxh3_128")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +89,7 @@ class UpdateHeader(_message.Message):
     TRAIN_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
+    XXH3_128_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     round: int
     num_samples: int
@@ -93,7 +100,8 @@ class UpdateHeader(_message.Message):
     train_accuracy: float
     base_version: int
     encoding: UpdateEncoding
-    def __init__(self, client_id: _Optional[str] = ..., round: _Optional[int] = ..., num_samples: _Optional[int] = ..., update_id: _Optional[str] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., train_loss: _Optional[float] = ..., train_accuracy: _Optional[float] = ..., base_version: _Optional[int] = ..., encoding: _Optional[_Union[UpdateEncoding, str]] = ...) -> None: ...
+    xxh3_128: str
+    def __init__(self, client_id: _Optional[str] = ..., round: _Optional[int] = ..., num_samples: _Optional[int] = ..., update_id: _Optional[str] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., train_loss: _Optional[float] = ..., train_accuracy: _Optional[float] = ..., base_version: _Optional[int] = ..., encoding: _Optional[_Union[UpdateEncoding, str]] = ..., xxh3_128: _Optional[str] = ...) -> None: ...
 
 class PushUpdateRequest(_message.Message):
     __slots__ = ("header", "chunk")

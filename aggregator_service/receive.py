@@ -1,0 +1,100 @@
+"""Receiving an update's bytes: a bounded pool of reusable buffers, filled chunk by chunk and checksummed on the way.
+
+Memory for pushes in flight is at most ``count`` x (model bytes + margin),
+whatever the number of clients: a push waits for a free buffer before it
+reads its bulk. Buffers are allocated on first use and kept, so a round
+allocates nothing per push; checksums are updated per chunk, so the payload
+is read once more only to fold it into the sum.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator
+
+import xxhash
+
+from aggregator_service.errors import BusyError, InvalidUpdateError
+from fedser.v1 import aggregator_pb2 as pb
+
+
+class ReceiveBuffers:
+    """At most ``count`` buffers of ``size`` bytes, handed out one per push."""
+
+    def __init__(self, size: int, count: int) -> None:
+        if size <= 0 or count <= 0:
+            raise ValueError("buffer size and count must be positive")
+        self.size = size
+        self.count = count
+        self._free: list[bytearray] = []
+        self._created = 0
+        self._in_use = 0
+        self._cond = threading.Condition()
+
+    @property
+    def in_use(self) -> int:
+        with self._cond:
+            return self._in_use
+
+    @contextmanager
+    def acquire(self, timeout_s: float) -> Iterator[bytearray]:
+        """A free buffer for the duration of the block; BusyError if none frees up within ``timeout_s``."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._free or self._created < self.count, timeout=max(0.0, timeout_s)):
+                raise BusyError(f"all {self.count} receive buffers are busy; retry shortly")
+            if self._free:
+                buf = self._free.pop()
+            else:
+                # bytearray(n) is calloc'd: pages cost memory only once written.
+                buf = bytearray(self.size)
+                self._created += 1
+            self._in_use += 1
+        try:
+            yield buf
+        finally:
+            with self._cond:
+                self._free.append(buf)
+                self._in_use -= 1
+                self._cond.notify()
+
+
+def receive_into(
+    messages: Iterable[pb.PushUpdateRequest],
+    buf: bytearray,
+    total: int,
+    max_chunk: int,
+    sha256: str,
+    xxh3_128: str,
+    on_bytes: Callable[[int], None],
+) -> memoryview:
+    """Copy the chunks that follow a header into ``buf``, check size and the declared checksums; the filled view."""
+    if total > len(buf):
+        raise InvalidUpdateError(f"declared total_bytes {total} exceeds the receive buffer", reason="too_large")
+    view = memoryview(buf)[:total]
+    hashers = []
+    if sha256:
+        hashers.append((hashlib.sha256(), sha256))
+    if xxh3_128:
+        hashers.append((xxhash.xxh3_128(), xxh3_128))
+    offset = 0
+    for msg in messages:
+        if msg.WhichOneof("payload") != "chunk":
+            raise InvalidUpdateError("only chunks may follow the header", reason="bad_stream")
+        chunk = msg.chunk
+        n = len(chunk)
+        if n > max_chunk:
+            raise InvalidUpdateError(f"chunk of {n} bytes exceeds {max_chunk}", reason="too_large")
+        if offset + n > total:
+            raise InvalidUpdateError(f"payload exceeds the declared {total} bytes", reason="size_mismatch")
+        view[offset : offset + n] = chunk
+        for h, _ in hashers:
+            h.update(chunk)
+        offset += n
+        on_bytes(n)
+    if offset != total:
+        raise InvalidUpdateError(f"payload has {offset} bytes, header declared {total}", reason="size_mismatch")
+    for h, expected in hashers:
+        if h.hexdigest() != expected:
+            raise InvalidUpdateError("checksum does not match the payload", reason="checksum")
+    return view
