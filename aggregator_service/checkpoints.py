@@ -1,51 +1,115 @@
-"""Atomic, resumable checkpoints of the global model as safetensors files.
+"""Atomic, resumable checkpoints of the global model as safetensors files, served from disk.
 
 A checkpoint is written to a temporary file, fsynced, renamed into place and
 the folder fsynced, so a crash leaves either the old set or the new one: a
-half-written file never carries a checkpoint's name.
+half-written file never carries a checkpoint's name. The round's average is
+streamed into that file block by block, and pulls read it back with pread
+from an open descriptor (the page cache, not the process, holds the bytes),
+so the global model costs the aggregator no resident memory.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import os
 import re
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
+import xxhash
+
+from model.encodings import TensorSpec
 from model.eventlog import log_event
-from model.serialization import MalformedTensorsError, arrays_to_bytes, sha256_hex, view_arrays, xxh3_hex
+from model.serialization import (
+    MalformedTensorsError,
+    allocate_payload,
+    arrays_to_bytes,
+    payload_layout,
+    sha256_hex,
+    view_arrays,
+    xxh3_hex,
+)
 
 log = logging.getLogger("fedser.checkpoints")
 
 _NAME = re.compile(r"^global-v(\d{8})\.safetensors$")
 
+# For each tensor name, in the payload's order: its float32 values, in blocks.
+BlockSource = Callable[[str], Iterator[np.ndarray]]
+CheckpointWriter = Callable[[int, Mapping[str, str], Mapping[str, TensorSpec], BlockSource], "Checkpoint"]
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, eq=False)
 class Checkpoint:
-    """One global model version as stored: its payload, read-only views of its tensors, metadata, checksums."""
+    """One global model version: checksums, metadata, and its bytes in memory or in an open file."""
 
     version: int
-    arrays: dict[str, np.ndarray]
-    payload: bytes | bytearray
     metadata: dict[str, str]
+    sha256: str
+    xxh3_128: str
+    size: int
     path: Path | None = None
-    sha256: str = ""
-    xxh3_128: str = ""
+    data: bytes | bytearray | None = None  # None: the bytes live in the file behind ``fd``
+    fd: int | None = field(default=None, repr=False)
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Up to ``length`` payload bytes from ``offset``."""
+        if self.data is not None:
+            return bytes(memoryview(self.data)[offset : offset + length])
+        return os.pread(self.fd, length, offset)  # type: ignore[arg-type]
+
+    @property
+    def payload(self) -> bytes | bytearray:
+        """All the payload bytes (a full read for a file-backed checkpoint)."""
+        return self.data if self.data is not None else self.read(0, self.size)
+
+    @functools.cached_property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Read-only views of the tensors (of the file's pages for a file-backed checkpoint)."""
+        if self.data is not None:
+            return view_arrays(self.data)[0]
+        mapped = np.memmap(self.path, dtype=np.uint8, mode="r") if self.size else np.zeros(0, np.uint8)
+        return view_arrays(memoryview(mapped))[0]
 
 
 def checkpoint_from_payload(version: int, payload: bytes | bytearray, path: Path | None = None) -> Checkpoint:
-    """Parse (zero-copy) and checksum a payload once; raises MalformedTensorsError if it is damaged."""
-    arrays, metadata = view_arrays(payload)
+    """Parse and checksum an in-memory payload once; raises MalformedTensorsError if it is damaged."""
+    _, metadata = view_arrays(payload)
     if metadata.get("model_version") != str(version):
         raise MalformedTensorsError(f"metadata says version {metadata.get('model_version')!r}, expected {version}")
-    return Checkpoint(version, arrays, payload, metadata, path, sha256_hex(payload), xxh3_hex(payload))
+    return Checkpoint(version, metadata, sha256_hex(payload), xxh3_hex(payload), len(payload), path, payload)
 
 
 def encode_checkpoint(version: int, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> Checkpoint:
-    """Serialize a model version once; the same bytes are stored and served to clients."""
+    """Serialize a model version in memory (the seeded initial model; tests)."""
     return checkpoint_from_payload(version, arrays_to_bytes(arrays, {**metadata, "model_version": str(version)}))
+
+
+def write_in_memory(
+    version: int, metadata: Mapping[str, str], specs: Mapping[str, TensorSpec], blocks: BlockSource
+) -> Checkpoint:
+    """A CheckpointWriter that keeps the payload in memory (for round logic without a disk)."""
+    meta = {**metadata, "model_version": str(version)}
+    payload, views = allocate_payload({k: (s.dtype, s.shape) for k, s in specs.items()}, meta)
+    for name, view in views.items():
+        flat, pos = view.reshape(-1), 0
+        for block in blocks(name):
+            flat[pos : pos + block.size] = block.reshape(-1)
+            pos += block.size
+    del views
+    return checkpoint_from_payload(version, payload)
+
+
+def _file_backed(version: int, metadata: dict[str, str], sha256: str, xxh3: str, size: int, path: Path) -> Checkpoint:
+    # The descriptor keeps the bytes readable after pruning unlinks the file.
+    fd = os.open(path, os.O_RDONLY)
+    checkpoint = Checkpoint(version, metadata, sha256, xxh3, size, path, None, fd)
+    weakref.finalize(checkpoint, os.close, fd)
+    return checkpoint
 
 
 class CheckpointStore:
@@ -66,14 +130,49 @@ class CheckpointStore:
     def path_for(self, version: int) -> Path:
         return self.directory / f"global-v{version:08d}.safetensors"
 
-    def save(self, checkpoint: Checkpoint) -> Path:
-        """Write atomically (temp file, fsync, rename, fsync folder), then prune old versions."""
-        final = self.path_for(checkpoint.version)
+    def save(self, checkpoint: Checkpoint) -> Checkpoint:
+        """Write an in-memory checkpoint atomically; returns it backed by the file."""
+        payload = checkpoint.payload
+        final = self._commit(checkpoint.version, lambda fh: fh.write(payload))
+        return _file_backed(checkpoint.version, checkpoint.metadata, checkpoint.sha256, checkpoint.xxh3_128,
+                            checkpoint.size, final)
+
+    def write_stream(
+        self, version: int, metadata: Mapping[str, str], specs: Mapping[str, TensorSpec], blocks: BlockSource
+    ) -> Checkpoint:
+        """A CheckpointWriter: stream the tensors' blocks to disk, checksumming on the way; file-backed result."""
+        meta = {**metadata, "model_version": str(version)}
+        layout = payload_layout({k: (s.dtype, s.shape) for k, s in specs.items()}, meta)
+        sha, xxh = hashlib.sha256(layout.header), xxhash.xxh3_128(layout.header)
+
+        def write(fh) -> None:
+            fh.write(layout.header)
+            for name, begin, end in layout.tensors:
+                written = 0
+                for block in blocks(name):
+                    data = memoryview(np.ascontiguousarray(block, dtype=specs[name].dtype)).cast("B")
+                    fh.write(data)
+                    sha.update(data)
+                    xxh.update(data)
+                    written += len(data)
+                if written != end - begin:
+                    raise ValueError(f"tensor {name}: wrote {written} bytes, the layout has {end - begin}")
+
+        final = self._commit(version, write)
+        return _file_backed(version, meta, sha.hexdigest(), xxh.hexdigest(), layout.size, final)
+
+    def _commit(self, version: int, write: Callable[[object], object]) -> Path:
+        """Temp file, fsync, rename, fsync folder, prune."""
+        final = self.path_for(version)
         tmp = self.directory / f".{final.name}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as fh:
-            fh.write(checkpoint.payload)
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with open(tmp, "wb") as fh:
+                write(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, final)
         dir_fd = os.open(self.directory, os.O_RDONLY)
         try:
@@ -93,12 +192,13 @@ class CheckpointStore:
         return sorted(found)
 
     def load(self, version: int) -> Checkpoint:
-        """Load and verify one version; raises MalformedTensorsError if it is damaged."""
+        """Verify one version (read once, parsed, checksummed) and return it backed by its file."""
         path = self.path_for(version)
         try:
-            return checkpoint_from_payload(version, path.read_bytes(), path)
+            c = checkpoint_from_payload(version, path.read_bytes(), path)
         except MalformedTensorsError as exc:
             raise MalformedTensorsError(f"{path.name}: {exc}") from None
+        return _file_backed(version, c.metadata, c.sha256, c.xxh3_128, c.size, path)
 
     def latest(self) -> Checkpoint | None:
         """The newest checkpoint that loads cleanly; damaged ones are logged and skipped."""

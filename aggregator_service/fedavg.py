@@ -10,7 +10,7 @@ valid update, so accumulators merge (the basis for hierarchical aggregation).
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -63,30 +63,43 @@ class FedAvgAccumulator:
 
     def result(self, dtype: np.dtype = np.float32, base: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """The weighted average, cast to ``dtype``; ``base`` (the round's global) is needed after delta updates."""
-        out = {name: np.empty(acc.shape, dtype=dtype) for name, acc in self._sums.items()}
-        self.result_into(out, base)
+        self._check(base)
+        out = {}
+        for name, acc in self._sums.items():
+            out[name] = np.concatenate([b.copy() for b in self.result_blocks(name, base, dtype)] or
+                                       [np.zeros(0, dtype)]).reshape(acc.shape)
         return out
 
-    def result_into(self, out: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray] | None = None) -> None:
-        """Write the weighted average into ``out`` (e.g. views of the next checkpoint's payload), block by block."""
+    def result_blocks(
+        self, name: str, base: Mapping[str, np.ndarray] | None = None, dtype: np.dtype = np.float32
+    ) -> Iterator[np.ndarray]:
+        """Tensor ``name`` of the weighted average as ``dtype`` blocks, in order (each valid until the next).
+
+        Lets the average be streamed into the checkpoint file: no model-sized temporary.
+        """
+        self._check(base)
+        m = float(self.total_samples)
+        md = float(self.delta_samples)
+        scratch = self._scratch
+        out = np.empty(BLOCK, dtype=dtype)
+        flat_acc = self._sums[name].reshape(-1)
+        flat_base = base[name].reshape(-1) if md and base is not None else None
+        for start in range(0, flat_acc.size, BLOCK):
+            stop = min(start + BLOCK, flat_acc.size)
+            s = scratch[: stop - start]
+            if flat_base is not None:
+                # (sum n_k d_k + m_delta * g) / m = sum n_k w_k / m
+                np.multiply(flat_base[start:stop], md, out=s, dtype=np.float64)
+                np.add(s, flat_acc[start:stop], out=s)
+                np.divide(s, m, out=s)
+            else:
+                np.divide(flat_acc[start:stop], m, out=s)
+            block = out[: stop - start]
+            block[...] = s
+            yield block
+
+    def _check(self, base: Mapping[str, np.ndarray] | None) -> None:
         if self.total_samples == 0:
             raise ValueError("no updates accumulated")
         if self.delta_samples and base is None:
             raise ValueError("delta updates were added: the base model is needed")
-        m = float(self.total_samples)
-        md = float(self.delta_samples)
-        scratch = self._scratch
-        for name, acc in self._sums.items():
-            flat_out, flat_acc = out[name].reshape(-1), acc.reshape(-1)
-            flat_base = base[name].reshape(-1) if md and base is not None else None
-            for start in range(0, flat_acc.size, BLOCK):
-                stop = min(start + BLOCK, flat_acc.size)
-                s = scratch[: stop - start]
-                if flat_base is not None:
-                    # (sum n_k d_k + m_delta * g) / m = sum n_k w_k / m
-                    np.multiply(flat_base[start:stop], md, out=s, dtype=np.float64)
-                    np.add(s, flat_acc[start:stop], out=s)
-                    np.divide(s, m, out=s)
-                else:
-                    np.divide(flat_acc[start:stop], m, out=s)
-                flat_out[start:stop] = s

@@ -6,6 +6,7 @@ import sys
 from typing import Sequence
 
 from aggregator_service.config import parse_config
+from aggregator_service.memory import limit_malloc_arenas
 from aggregator_service.security import SecurityConfigError
 from aggregator_service.server import CheckpointMismatchError, start
 from model.eventlog import log_event, setup_logging
@@ -17,6 +18,7 @@ log = logging.getLogger("fedser.aggregator")
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv)
     setup_logging(config.log_level)
+    limit_malloc_arenas()  # before any worker thread allocates
     try:
         running = start(config)
     except (CheckpointMismatchError, SecurityConfigError, OSError) as exc:

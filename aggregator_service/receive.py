@@ -59,6 +59,25 @@ class ReceiveBuffers:
                 self._cond.notify()
 
 
+class Slots:
+    """A counting bound with a timeout that ends in BusyError (used for pulls that stream model bytes)."""
+
+    def __init__(self, count: int) -> None:
+        if count <= 0:
+            raise ValueError("count must be positive")
+        self.count = count
+        self._sem = threading.BoundedSemaphore(count)
+
+    @contextmanager
+    def acquire(self, timeout_s: float) -> Iterator[None]:
+        if not self._sem.acquire(timeout=max(0.0, timeout_s)):
+            raise BusyError(f"all {self.count} model-sending slots are busy; retry shortly")
+        try:
+            yield
+        finally:
+            self._sem.release()
+
+
 def receive_into(
     messages: Iterable[pb.PushUpdateRequest],
     buf: bytearray,

@@ -1,19 +1,21 @@
 """Round state: which round is open, who contributed, when it closes, and the new global model.
 
 Pure logic with an injectable clock: no gRPC, no files (checkpoint writing is
-a callable passed in), so deadlines and every refusal are testable directly.
+a callable passed in: in memory by default, streamed to disk by the server),
+so deadlines and every refusal are testable directly.
 """
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Protocol
+from typing import Callable, Iterator, Mapping, Protocol
 
 import numpy as np
 
-from aggregator_service.checkpoints import Checkpoint, checkpoint_from_payload
+from aggregator_service.checkpoints import BlockSource, Checkpoint, CheckpointWriter, write_in_memory
 from aggregator_service.errors import (
     DuplicateClientError,
     FederationFinishedError,
@@ -26,7 +28,6 @@ from aggregator_service.robust import Aggregator, StackedAggregator, clip_update
 from aggregator_service.validation import check_identifier, check_num_samples
 from model.encodings import Encoding, TensorSpec, decode_terms, decode_weights
 from model.plan import TrainingPlan
-from model.serialization import allocate_payload
 
 
 AGGREGATIONS = ("fedavg", "trimmed-mean", "median")
@@ -158,8 +159,10 @@ class RoundManager:
         listener: RoundListener | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        writer: CheckpointWriter = write_in_memory,
     ) -> None:
         self.config = config
+        self._write = writer
         self._persist = persist
         self._num_classes = num_classes
         self._listener = listener or NullListener()
@@ -359,16 +362,17 @@ class RoundManager:
 
     def _close_locked(self, closed_by: str) -> None:
         new_version = self._global.version + 1
-        # The average is written straight into the new checkpoint's payload: one copy of the new model.
-        metadata = {**self._global_metadata(), "model_version": str(new_version)}
-        payload, views = allocate_payload({k: (s.dtype, s.shape) for k, s in self._specs.items()}, metadata)
+        # The average is streamed block by block into the new checkpoint: no model-sized temporary.
+        blocks: BlockSource
         if isinstance(self._acc, FedAvgAccumulator):
-            self._acc.result_into(views, base=self._global.arrays)
+            base = self._global.arrays if self._acc.delta_samples else None
+            blocks = functools.partial(self._acc.result_blocks, base=base)
         else:
-            for name, value in self._acc.result(dtype=np.float32).items():
-                views[name][...] = value
-        del views
-        checkpoint = checkpoint_from_payload(new_version, payload)
+            result = self._acc.result(dtype=np.float32)
+
+            def blocks(name: str) -> Iterator[np.ndarray]:
+                yield result[name]
+        checkpoint = self._write(new_version, self._global_metadata(), self._specs, blocks)
         # Persist before serving: a restart must never find a version clients saw but disk lost.
         self._persist(checkpoint)
         m = self._acc.total_samples

@@ -97,8 +97,7 @@ def initial_checkpoint(config: AggregatorConfig, store: CheckpointStore) -> Chec
         "feature_preset": arch.preset,
         "seed": str(config.seed),
     }
-    checkpoint = encode_checkpoint(0, initial_weights(arch.id, config.seed), metadata)
-    store.save(checkpoint)
+    checkpoint = store.save(encode_checkpoint(0, initial_weights(arch.id, config.seed), metadata))
     log_event(log, "initialised", model_version=0, seed=config.seed)
     return checkpoint
 
@@ -150,7 +149,8 @@ def start(config: AggregatorConfig) -> RunningAggregator:
     metrics.set_build(__version__, arch.id)
     initial = initial_checkpoint(config, store)
     manager = RoundManager(
-        config.rounds, initial, persist=store.save, num_classes=len(arch.classes), listener=LoggingListener(metrics)
+        config.rounds, initial, persist=lambda checkpoint: None, num_classes=len(arch.classes),
+        listener=LoggingListener(metrics), writer=store.write_stream,
     )
     message_limit = config.limits.max_chunk_bytes + (64 << 10)
     server = grpc.server(

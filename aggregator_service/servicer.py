@@ -28,7 +28,7 @@ from aggregator_service.errors import (
 )
 from aggregator_service.evaluations import EvalMetrics
 from aggregator_service.metrics import AggregatorMetrics
-from aggregator_service.receive import ReceiveBuffers, receive_into
+from aggregator_service.receive import ReceiveBuffers, Slots, receive_into
 from aggregator_service.rounds import AcceptResult, RoundManager, UpdateMeta
 from aggregator_service.security import Authenticator, PermissionDeniedError, UnauthenticatedError
 from aggregator_service.validation import check_declared_size, check_tensors
@@ -36,7 +36,7 @@ from fedser.v1 import aggregator_pb2 as pb
 from fedser.v1 import aggregator_pb2_grpc as pb_grpc
 from model.eventlog import log_event
 from model.encodings import expected_layout, from_proto
-from model.serialization import MalformedTensorsError, iter_chunks, view_arrays
+from model.serialization import MalformedTensorsError, view_arrays
 
 log = logging.getLogger("fedser.aggregator")
 
@@ -67,6 +67,8 @@ class ServiceLimits:
     # budget bounds them all (at least one buffer), whatever the number of clients.
     receive_buffer_bytes: int = 256 << 20
     max_buffer_wait_s: float = 60.0
+    # Pulls streaming model bytes at once: gRPC holds a few MiB per sending stream.
+    max_concurrent_pull_sends: int = 16
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,9 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
         self._limits = limits
         self._auth = auth or Authenticator(None)
         self._streams: Counter[str] = Counter()
-        buffer_bytes = len(manager.global_model.payload) + limits.size_margin_bytes
+        buffer_bytes = manager.global_model.size + limits.size_margin_bytes
         self._buffers = ReceiveBuffers(buffer_bytes, max(1, limits.receive_buffer_bytes // buffer_bytes))
+        self._send_slots = Slots(limits.max_concurrent_pull_sends)
         self._streams_lock = threading.Lock()
 
     @contextmanager
@@ -127,7 +130,8 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
         try:
             with self._stream_slot(request.client_id):
                 yield from self._pull(request, context)
-        except TooManyStreamsError as exc:
+        except (TooManyStreamsError, BusyError) as exc:
+            log_event(log, "pull_refused", logging.WARNING, reason=exc.reason, client=request.client_id)
             _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
 
     def _pull(self, request: pb.PullModelRequest, context: grpc.ServicerContext) -> Iterator[pb.PullModelResponse]:
@@ -156,18 +160,21 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
                 learning_rate=cfg.plan.learning_rate,
                 deadline=_timestamp(status.deadline_unix),
             ),
-            total_bytes=len(model.payload),
+            total_bytes=model.size,
             sha256=model.sha256,
             xxh3_128=model.xxh3_128,
             finished=status.finished and model.version == status.model_version,
             payload_omitted=model.version < request.min_version and not status.finished,
         )
-        yield pb.PullModelResponse(header=header)
         if header.payload_omitted:
+            yield pb.PullModelResponse(header=header)
             return
-        for chunk in iter_chunks(model.payload, self._limits.chunk_bytes):
-            self._metrics.bytes_sent.inc(len(chunk))
-            yield pb.PullModelResponse(chunk=chunk)
+        with self._send_slots.acquire(self._limits.max_buffer_wait_s):
+            yield pb.PullModelResponse(header=header)
+            for offset in range(0, model.size, self._limits.chunk_bytes):
+                chunk = model.read(offset, self._limits.chunk_bytes)
+                self._metrics.bytes_sent.inc(len(chunk))
+                yield pb.PullModelResponse(chunk=chunk)
 
     # -- PushUpdate ----------------------------------------------------
     def PushUpdate(self, request_iterator: Iterable[pb.PushUpdateRequest], context: grpc.ServicerContext) -> pb.PushUpdateResponse:

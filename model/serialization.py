@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Mapping
 
 import numpy as np
@@ -133,6 +134,39 @@ def view_arrays(data: bytes | bytearray | memoryview) -> tuple[dict[str, np.ndar
 _CODES = {np.dtype(v): k for k, v in _DTYPES.items()}
 
 
+@dataclass(frozen=True)
+class PayloadLayout:
+    """Where each tensor of a safetensors payload lives: the header bytes, then (name, start, end) in order."""
+
+    header: bytes  # the 8-byte length, then the padded JSON header
+    tensors: tuple[tuple[str, int, int], ...]  # offsets relative to the end of ``header``
+
+    @property
+    def size(self) -> int:
+        return len(self.header) + (self.tensors[-1][2] if self.tensors else 0)
+
+
+def payload_layout(
+    specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]], metadata: Mapping[str, str] | None = None
+) -> PayloadLayout:
+    """The layout of a safetensors payload for ``specs`` (readable by the safetensors package)."""
+    entries: dict[str, object] = {}
+    if metadata:
+        entries["__metadata__"] = dict(metadata)
+    offset = 0
+    tensors = []
+    # Largest items first keeps every tensor aligned to its own item size.
+    for name in sorted(specs, key=lambda k: (-np.dtype(specs[k][0]).itemsize, k)):
+        dtype, shape = np.dtype(specs[name][0]), tuple(specs[name][1])
+        size = int(np.prod(shape, dtype=np.uint64)) * dtype.itemsize if shape else dtype.itemsize
+        entries[name] = {"dtype": _CODES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        tensors.append((name, offset, offset + size))
+        offset += size
+    header = json.dumps(entries, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the format pads with spaces so that data starts 8-aligned
+    return PayloadLayout(struct.pack("<Q", len(header)) + header, tuple(tensors))
+
+
 def allocate_payload(
     specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]], metadata: Mapping[str, str] | None = None
 ) -> tuple[bytearray, dict[str, np.ndarray]]:
@@ -141,27 +175,14 @@ def allocate_payload(
     Lets a result be computed straight into the bytes that are stored and
     served, instead of into arrays that are then serialized (a second copy).
     """
-    entries: dict[str, object] = {}
-    if metadata:
-        entries["__metadata__"] = dict(metadata)
-    offset = 0
-    # Largest items first keeps every tensor aligned to its own item size.
-    order = sorted(specs, key=lambda k: (-np.dtype(specs[k][0]).itemsize, k))
-    for name in order:
-        dtype, shape = np.dtype(specs[name][0]), tuple(specs[name][1])
-        size = int(np.prod(shape, dtype=np.uint64)) * dtype.itemsize if shape else dtype.itemsize
-        entries[name] = {"dtype": _CODES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    header = json.dumps(entries, separators=(",", ":")).encode()
-    header += b" " * (-len(header) % 8)  # the format pads with spaces so that data starts 8-aligned
-    payload = bytearray(8 + len(header) + offset)
-    struct.pack_into("<Q", payload, 0, len(header))
-    payload[8 : 8 + len(header)] = header
-    body = memoryview(payload)[8 + len(header) :]
-    views = {}
-    for name in order:
-        begin, end = entries[name]["data_offsets"]  # type: ignore[index]
-        views[name] = np.frombuffer(body[begin:end], dtype=specs[name][0]).reshape(tuple(specs[name][1]))
+    layout = payload_layout(specs, metadata)
+    payload = bytearray(layout.size)
+    payload[: len(layout.header)] = layout.header
+    body = memoryview(payload)[len(layout.header) :]
+    views = {
+        name: np.frombuffer(body[begin:end], dtype=specs[name][0]).reshape(tuple(specs[name][1]))
+        for name, begin, end in layout.tensors
+    }
     return payload, views
 
 

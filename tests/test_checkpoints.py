@@ -32,7 +32,7 @@ def test_encode_checkpoint_adds_version_metadata():
 def test_save_then_load_is_identical(tmp_path):
     store = CheckpointStore(tmp_path / "ckpts")
     original = _ckpt(7, value=1.5)
-    path = store.save(original)
+    path = store.save(original).path
     assert path == tmp_path / "ckpts" / "global-v00000007.safetensors"
     assert path.read_bytes() == original.payload
 
@@ -141,3 +141,48 @@ def test_save_overwrites_same_version(tmp_path):
     store.save(_ckpt(4, value=9.0))
     assert store.versions() == [4]
     assert store.load(4).arrays["b"].tolist() == [9.0, -9.0, 0.25]
+
+
+def test_streamed_checkpoint_equals_the_in_memory_one_and_outlives_pruning(tmp_path):
+    from aggregator_service.checkpoints import write_in_memory
+    from model.encodings import TensorSpec
+    from model.serialization import bytes_to_arrays, xxh3_hex
+
+    store = CheckpointStore(tmp_path, keep=1)
+    arrays = {"w": np.arange(200_000, dtype=np.float32).reshape(400, 500) / 7, "b": np.ones(3, np.float32)}
+    specs = {k: TensorSpec(v.dtype, v.shape) for k, v in arrays.items()}
+
+    def blocks(name):  # uneven blocks, as FedAvg yields them
+        flat = arrays[name].reshape(-1)
+        for start in range(0, flat.size, 65_536):
+            yield flat[start : start + 65_536]
+
+    streamed = store.write_stream(1, {"architecture_id": "test"}, specs, blocks)
+    in_memory = write_in_memory(1, {"architecture_id": "test"}, specs, blocks)
+    assert streamed.data is None and streamed.path == store.path_for(1)
+    assert streamed.payload == in_memory.payload == streamed.path.read_bytes()
+    assert (streamed.sha256, streamed.xxh3_128) == (sha256_hex(in_memory.payload), xxh3_hex(in_memory.payload))
+    for name, a in arrays.items():
+        np.testing.assert_array_equal(bytes_to_arrays(bytes(streamed.payload))[name], a)
+        np.testing.assert_array_equal(streamed.arrays[name], a)
+    assert store.load(1).payload == streamed.payload
+    # Version 2 prunes version 1's file; a pull still streaming version 1 reads on from its descriptor.
+    store.write_stream(2, {"architecture_id": "test"}, specs, blocks)
+    assert not store.path_for(1).exists()
+    assert streamed.read(8, 1 << 20) == in_memory.payload[8 : 8 + (1 << 20)]
+
+
+def test_a_failed_stream_leaves_no_file_and_the_previous_version(tmp_path):
+    from model.encodings import TensorSpec
+
+    store = CheckpointStore(tmp_path)
+    store.save(_ckpt(1))
+    specs = {"w": TensorSpec(np.dtype(np.float32), (2, 3)), "b": TensorSpec(np.dtype(np.float32), (3,))}
+
+    def short(name):
+        yield np.zeros(1, np.float32)
+
+    with pytest.raises(ValueError, match="layout has"):
+        store.write_stream(2, {"architecture_id": "test"}, specs, short)
+    assert store.versions() == [1] and list(tmp_path.glob(".*tmp*")) == []
+    assert store.latest().version == 1

@@ -211,3 +211,24 @@ def test_the_aggregator_process_never_loads_torch(tmp_path: Path):
         assert sum(a.size for a in arrays.values()) == 333_700  # the seeded model, built in a child process
     finally:
         agg.stop()
+
+
+def test_receive_buffers_and_slots_are_bounded_and_reused():
+    from aggregator_service.errors import BusyError
+    from aggregator_service.receive import ReceiveBuffers, Slots
+
+    pool = ReceiveBuffers(size=1000, count=2)
+    with pool.acquire(1) as a, pool.acquire(1) as b:
+        assert a is not b and len(a) == 1000 and pool.in_use == 2
+        with pytest.raises(BusyError):
+            with pool.acquire(0.05):
+                pass
+    with pool.acquire(1) as again:
+        assert again is a or again is b  # reused, not reallocated
+    slots = Slots(1)
+    with slots.acquire(1):
+        with pytest.raises(BusyError, match="model-sending slots"):
+            with slots.acquire(0.05):
+                pass
+    with slots.acquire(0.05):
+        pass
