@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
 
-from model.network import ARCHITECTURES, Architecture
+from model.architectures import ARCHITECTURES, Architecture
 from model.ravdess import SEED_CLASSES
 
 SMALL_TENSOR = 64  # elements of the per-client tensor ``z_delta``
@@ -36,18 +36,21 @@ def architecture_id(params: int) -> str:
     return f"bench-flat-{params}"
 
 
-class FlatModel(nn.Module):
-    """``params`` float32 parameters in two flat tensors; not a network, only a payload of a known size."""
+def flat_model(params: int) -> "torch.nn.Module":
+    """``params`` float32 parameters in two flat tensors; not a network, only a payload of a known size.
 
-    def __init__(self, params: int) -> None:
-        super().__init__()
-        if params <= SMALL_TENSOR:
-            raise ValueError(f"params must be > {SMALL_TENSOR}, got {params}")
-        self.a_big = nn.Parameter(torch.randn(params - SMALL_TENSOR) * 0.01)
-        self.z_delta = nn.Parameter(torch.randn(SMALL_TENSOR) * 0.01)
+    torch is imported here, not at the top: the aggregator builds its initial
+    model in a child process and must not load torch itself.
+    """
+    import torch
+    from torch import nn
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - never trained
-        return x
+    if params <= SMALL_TENSOR:
+        raise ValueError(f"params must be > {SMALL_TENSOR}, got {params}")
+    model = nn.Module()
+    model.a_big = nn.Parameter(torch.randn(params - SMALL_TENSOR) * 0.01)
+    model.z_delta = nn.Parameter(torch.randn(SMALL_TENSOR) * 0.01)
+    return model
 
 
 def register(params: int) -> str:
@@ -55,7 +58,7 @@ def register(params: int) -> str:
     arch_id = architecture_id(params)
     ARCHITECTURES.setdefault(
         arch_id,
-        Architecture(id=arch_id, preset="seed", classes=SEED_CLASSES, build=lambda: FlatModel(params)),
+        Architecture(id=arch_id, preset="seed", classes=SEED_CLASSES, build=lambda: flat_model(params)),
     )
     return arch_id
 

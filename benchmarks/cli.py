@@ -1,7 +1,8 @@
 """`python -m benchmarks` (`make bench`): run the sections, write JSON + markdown.
 
 Modes (section settings below; any can be overridden by a flag):
-    --quick   a check of the harness, under 3 minutes: 3 small combos, 3 rounds, 72-file corpus
+    --quick   a check of the harness, under 3 minutes: 3 small combos, 3 rounds, 72-file corpus,
+              no accuracy-per-encoding runs
     default   the issue's matrix, under 20 minutes on 2 cores: N in {10, 50, 200} x {333,700, 25M}
               parameters, 5 rounds each (200 x 25M alone moves 37 GiB per round: ~10 of the minutes)
     --full    the default's rounds plus a 3x larger feature corpus, longer training runs and
@@ -23,7 +24,7 @@ from typing import Sequence
 
 from benchmarks.common import REPO_ROOT, machine_info
 
-SECTIONS = ("round", "rss", "features", "train", "wire")
+SECTIONS = ("round", "rss", "features", "train", "wire", "compression")
 SMALL, LARGE = 333_700, 25_000_000
 DEFAULT_RESULTS = REPO_ROOT / "benchmarks" / "results"
 DEFAULT_DOC = REPO_ROOT / "docs" / "PERFORMANCE.md"
@@ -32,14 +33,17 @@ MODES: dict[str, dict[str, object]] = {
     "quick": {
         "combos": [(SMALL, 10), (SMALL, 50), (LARGE, 10)],
         "rounds": 3, "reference_reps": 1, "actors": 2, "train_seconds": 1.5, "wire_sizes": [LARGE],
+        "compression_rounds": 0,
     },
     "default": {
         "combos": [(p, n) for p in (SMALL, LARGE) for n in (10, 50, 200)],
         "rounds": 5, "reference_reps": 3, "actors": 8, "train_seconds": 8.0, "wire_sizes": [SMALL, LARGE],
+        "compression_rounds": 40,
     },
     "full": {
         "combos": [(p, n) for p in (SMALL, LARGE) for n in (10, 50, 200)],
         "rounds": 5, "reference_reps": 5, "actors": 24, "train_seconds": 20.0, "wire_sizes": [SMALL, LARGE],
+        "compression_rounds": 40,
     },
 }
 ALL_COMBOS = MODES["full"]["combos"]
@@ -62,12 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "(with --clients: every pair is run)")
     p.add_argument("--clients", type=_ints, help="client counts N for round/rss, e.g. 10,50,200")
     p.add_argument("--rounds", type=int, help="rounds per combo")
-    p.add_argument("--push-concurrency", type=int, help="bound on concurrent pushes (default: from a 4 GiB "
-                   "budget of aggregator buffers, ~4 model copies per push)")
+    p.add_argument("--push-concurrency", type=int, help="client-side bound on concurrent pushes (default: "
+                   "none; the aggregator bounds the pushes it reads by its receive buffers)")
     p.add_argument("--reference-reps", type=int, help="repetitions of each reference measurement (median)")
     p.add_argument("--actors", type=int, help="synthetic actors of the feature corpus (36 files each)")
     p.add_argument("--no-librosa", action="store_true", help="skip the seed's librosa pipeline")
     p.add_argument("--train-seconds", type=float, help="target seconds of each timed training run")
+    p.add_argument("--compression-rounds", type=int,
+                   help="demo rounds per update encoding in section 6 (default: 40; --quick: 0 = skipped)")
     p.add_argument("--no-cuda", action="store_true", help="train on the CPU only even when CUDA is present")
     p.add_argument("--wire-sizes", type=_ints, help="synthetic model sizes for the wire section")
     p.add_argument("--wire-architectures", help="registered architectures for the wire section "
@@ -105,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     actors = a.actors or cfg["actors"]
     train_s = a.train_seconds if a.train_seconds is not None else cfg["train_seconds"]
     wire_sizes = a.wire_sizes if a.wire_sizes is not None else cfg["wire_sizes"]
+    compression_rounds = a.compression_rounds if a.compression_rounds is not None else cfg["compression_rounds"]
     if min([rounds, reps, actors]) < 1 or any(p <= 64 for p, _ in combos) or any(n < 1 for _, n in combos):
         parser.error("rounds, reference reps and actors must be >= 1, params > 64, clients >= 1")
 
@@ -119,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "machine": machine_info(),
             "settings": {"sections": only, "combos": combos, "rounds": rounds, "reference_reps": reps,
                          "actors": actors, "train_seconds": train_s, "wire_sizes": wire_sizes,
+                         "compression_rounds": compression_rounds,
                          "push_concurrency": a.push_concurrency},
             "note": a.note,
         },
@@ -163,6 +171,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 [] if a.wire_architectures == "none" else a.wire_architectures.split(","))
             log("wire")
             sections["wire"] = _guard(failures, "wire", lambda: wire.run(workdir, wire_sizes, archs, log=log))
+        if "compression" in only and compression_rounds:
+            from benchmarks import compression
+
+            log(f"compression: {compression_rounds} demo rounds per encoding")
+            sections["compression"] = _guard(failures, "compression",
+                                             lambda: compression.run(workdir, compression_rounds, log=log))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -115,18 +115,31 @@ def render(result: dict[str, Any]) -> str:
     if "wire" in sec:
         w = sec["wire"]
         lines += ["", "## 5. Bytes on the wire per round per client (pull + push)", "",
-                  "float32: measured through a byte-counting TCP relay (HTTP/2 + gRPC framing included). "
-                  "Other encodings: **projections, not measurements** (the protocol has only "
-                  "UPDATE_ENCODING_FLOAT32); the pull stays float32.", ""]
+                  "Every encoding measured through a byte-counting TCP relay (HTTP/2 + gRPC framing included); "
+                  "the update (push) is encoded, the pull stays float32. 'update cut' = float32 push payload / "
+                  "this push payload; 'round cut' = float32 wire bytes per round / this encoding's.", ""]
         lines += _table(
-            ["model", "params", "encoding", "status", "pull payload", "push payload", "payload per round",
-             "measured on the wire", "framing overhead", "push vs float32"],
-            [(row["model"], row["params"], row["encoding"], row["status"], _mib(row["pull_payload_bytes"]),
+            ["model", "params", "encoding", "pull payload", "push payload", "payload per round",
+             "measured on the wire", "framing overhead", "**update cut**", "round cut"],
+            [(row["model"], row["params"], row["encoding"], _mib(row["pull_payload_bytes"]),
               _mib(row["push_payload_bytes"]), _mib(row["payload_bytes_per_round"]),
-              _mib(row["wire_bytes_per_round"]) if row["wire_bytes_per_round"] is not None else "-",
-              f"{100 * row['framing_overhead']:.3f} %" if row["framing_overhead"] is not None else "-",
-              row["push_vs_float32"]) for row in w["rows"]],
+              _mib(row["wire_bytes_per_round"]) if row.get("wire_bytes_per_round") is not None else "-",
+              f"{100 * row['framing_overhead']:.3f} %" if row.get("framing_overhead") is not None else "-",
+              _fmt(row.get("push_cut")), _fmt(row.get("round_cut"))) for row in w["rows"]],
         )
+        acc = result["sections"].get("compression")
+        if acc:
+            lines += ["", f"## 6. Held-out accuracy with each update encoding (the demo task: {acc['setup']})", "",
+                      "Same corpus, seeds and schedule; only --update-encoding differs. Scores are on held-out "
+                      "speakers, mean of the last 5 rounds (and the final round); 'loss' = float32 minus this "
+                      "encoding, in accuracy points (target: at most 1).", ""]
+            lines += _table(
+                ["encoding", "rounds", "accuracy (last 5)", "UAR (last 5)", "final accuracy", "final UAR",
+                 "**accuracy loss, points**", "seconds"],
+                [(r["encoding"], r["rounds"], _fmt(r["accuracy_last5"]), _fmt(r["uar_last5"]),
+                  _fmt(r["accuracy_final"]), _fmt(r["uar_final"]), _fmt(r.get("accuracy_loss_points")),
+                  _fmt(r["seconds"])) for r in acc["rows"]],
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -8,7 +8,7 @@ connection), speaking the production wire format through the generated stubs:
     round r:  all N clients are released together (barrier)
               PullModel(min_version=r-1)        the whole payload, streamed in 1 MiB chunks
               add a small known delta
-              PushUpdate(header, chunks)       sha256, total_bytes, n_k, update_id, round
+              PushUpdate(header, chunks)       xxh3_128, total_bytes, n_k, update_id, round
     the round's time: release -> the last acknowledgement (the aggregator closes the
     round inside the last accepted push, checkpoint written, before it answers)
 
@@ -19,10 +19,11 @@ delta ``d`` to the big tensor and serializes the result once; every other
 client checks only the size of what it pulled and drops the chunks. Client k's
 payload is that shared serialization with its own 64-element ``z_delta``
 tensor (base + delta_k) spliced in: z_delta's bytes come last in the
-safetensors layout, so its SHA-256 costs one hash of the shared prefix per
-round (``hashlib`` copy) plus 256 bytes per client. Pushes of large models are
-bounded by a semaphore (``push_concurrency``) so that the aggregator's per-push
-buffers fit in memory; the bound is recorded with the results.
+safetensors layout, so its XXH3-128 costs one hash of the shared prefix per
+round (hasher copy) plus 256 bytes per client. All N clients push at once:
+the aggregator bounds the pushes it reads concurrently itself (its pool of
+receive buffers, 256 MiB by default); the bound is recorded with the results.
+``--push-concurrency`` adds a client-side bound for experiments.
 
 The expected global model after round r is known exactly (the big tensor is
 the same in every update, so FedAvg returns it bit for bit; z_delta is the
@@ -30,7 +31,6 @@ n_k-weighted mean of the client deltas), and it is checked every round.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import struct
@@ -44,13 +44,15 @@ from typing import Iterator, Sequence
 
 import grpc
 import numpy as np
+import xxhash
 
 from benchmarks.aggregator_process import SMALL_TENSOR
 from benchmarks.common import BenchAggregator, median, own_cpu_seconds, sig, start_bench_aggregator
 from benchmarks.reference import loopback_seconds, weighted_sum_seconds
 from fedser.v1 import aggregator_pb2 as pb
 from fedser.v1 import aggregator_pb2_grpc as pb_grpc
-from model.serialization import arrays_to_bytes, bytes_to_arrays, sha256_hex
+from aggregator_service.servicer import ServiceLimits
+from model.serialization import arrays_to_bytes, bytes_to_arrays, xxh3_hex
 
 CHUNK_BYTES = 1 << 20  # model.serialization.DEFAULT_CHUNK_BYTES: what the production client sends
 CHANNEL_OPTIONS = [
@@ -61,7 +63,6 @@ CHANNEL_OPTIONS = [
 ]
 BIG_DELTA = np.float32(1e-3)  # added to every element of a_big each round (the same in every update)
 RPC_TIMEOUT_S = 900.0
-PUSH_MEMORY_BUDGET = 4 << 30  # bytes of aggregator buffers we allow concurrent pushes to hold
 
 
 def n_k(k: int) -> int:
@@ -74,9 +75,10 @@ def client_delta(k: int) -> np.ndarray:
     return (np.float32(1e-4 * (k + 1)) * (1 + np.arange(SMALL_TENSOR, dtype=np.float32) / SMALL_TENSOR)).astype(np.float32)
 
 
-def default_push_concurrency(params: int, clients: int) -> int:
-    """Concurrent pushes allowed: the aggregator holds ~4 model copies per push in flight."""
-    return max(1, min(clients, PUSH_MEMORY_BUDGET // max(1, 4 * 4 * params)))
+def receive_buffers(params: int, clients: int) -> int:
+    """Pushes the aggregator reads at once with its default limits (see aggregator_service.servicer)."""
+    limits = ServiceLimits()
+    return max(1, min(clients, limits.receive_buffer_bytes // (4 * params + 1024 + limits.size_margin_bytes)))
 
 
 def tensor_offsets(payload: bytes | memoryview, name: str) -> tuple[int, int]:
@@ -116,7 +118,7 @@ class RoundPayload:
     base_version: int
     prefix: memoryview  # payload bytes before z_delta
     suffix: memoryview  # payload bytes after z_delta (normally empty)
-    prefix_hash: "hashlib._Hash"
+    prefix_hash: "xxhash.xxh3_128"
     base_small: np.ndarray
     big: np.ndarray  # a_big as every client sends it (the expected next global a_big)
     total_bytes: int
@@ -132,7 +134,7 @@ class RoundPayload:
         h.update(self.suffix)
         header = pb.UpdateHeader(
             client_id=client_id, round=self.round, num_samples=n_k(k), update_id=uuid.uuid4().hex,
-            total_bytes=self.total_bytes, sha256=h.hexdigest(), base_version=self.base_version,
+            total_bytes=self.total_bytes, xxh3_128=h.hexdigest(), base_version=self.base_version,
             encoding=pb.UPDATE_ENCODING_FLOAT32,
         )
 
@@ -159,7 +161,7 @@ class VerificationError(AssertionError):
 def build_round_payload(r: int, pulled: bytes, header: pb.ModelHeader, previous: RoundPayload | None,
                         clients: int) -> RoundPayload:
     """Check the pulled global against the previous round's expected FedAvg, then build round r's payload."""
-    if len(pulled) != header.total_bytes or sha256_hex(pulled) != header.sha256:
+    if len(pulled) != header.total_bytes or xxh3_hex(pulled) != header.xxh3_128:
         raise VerificationError(f"round {r}: pulled model has wrong size or checksum")
     arrays = bytes_to_arrays(pulled)
     verify_global(arrays, previous, clients, f"round {r}")
@@ -169,7 +171,7 @@ def build_round_payload(r: int, pulled: bytes, header: pb.ModelHeader, previous:
     view = memoryview(payload)
     return RoundPayload(
         round=r, base_version=header.model_version, prefix=view[:start], suffix=view[end:],
-        prefix_hash=hashlib.sha256(view[:start]), base_small=arrays["z_delta"].copy(), big=big,
+        prefix_hash=xxhash.xxh3_128(view[:start]), base_small=arrays["z_delta"].copy(), big=big,
         total_bytes=len(payload), pulled_bytes=len(pulled),
     )
 
@@ -287,7 +289,8 @@ class Fleet:
 def run_combo(params: int, clients: int, rounds: int, workdir: Path, push_concurrency: int | None = None,
               reference_reps: int = 3, log=print) -> dict[str, object]:
     """One aggregator process, N clients, ``rounds`` rounds; returns the figures of sections 1 and 2."""
-    push_concurrency = push_concurrency or default_push_concurrency(params, clients)
+    server_bound = receive_buffers(params, clients)
+    push_concurrency = push_concurrency or clients
     max_workers = 2 * clients + 16
     combo_dir = Path(tempfile.mkdtemp(prefix=f"round-{params}-{clients}-", dir=workdir))
     agg: BenchAggregator = start_bench_aggregator(params, combo_dir, [
@@ -354,7 +357,7 @@ def run_combo(params: int, clients: int, rounds: int, workdir: Path, push_concur
         "params": params,
         "clients": clients,
         "rounds": rounds,
-        "push_concurrency": push_concurrency,
+        "push_concurrency": min(push_concurrency, server_bound),
         "max_workers": max_workers,
         "pull_bytes_per_client": pull_bytes,
         "push_bytes_per_client": push_bytes,
