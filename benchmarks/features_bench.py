@@ -5,18 +5,21 @@
   librosa is a bench-only extra (``pip install -e '.[bench]'``): without it the
   row says so;
 - fedser's way: ``model.features.get_preset(name).extract_files(paths)`` in batches
-  of 64 (torchaudio), for every preset in ``model.features.PRESETS``;
+  of 64 (torch; torchaudio's kernels), for every preset in ``model.features.PRESETS``;
+  inside a batch, ``model.features.extraction_workers()`` threads (one torch
+  thread each) take chunks of a few files (read, resample, STFT, mel, dB);
 - with ``model.feature_cache.FeatureCache`` (when the module exists): cold (a new
   cache folder: hash, extract, write every row) and warm (a second pass over the
-  same folder: hash and read every row).
+  same folder with a new cache object: digests from the stat index, read every row).
 
 The corpus is written just before, so every pass reads the files from the OS
 page cache: "cold" means the feature cache is empty, not the disk cache. Each
 pipeline first extracts a few files untimed (imports, numba JIT, FFT plans,
 allocator: 4 files file by file, one batch of 64 batched); that warm-up time is
 reported separately. fedser's batched pipeline runs at torch's default
-intra-op thread count (what the client uses) and, when that is more than one,
-at one thread too (librosa's work is single-threaded numpy/soxr).
+intra-op thread count (what the client uses; extraction uses that many worker
+threads) and, when that is more than one, at one thread too (librosa's work is
+single-threaded numpy/soxr); the note says how many workers ran.
 """
 from __future__ import annotations
 
@@ -88,6 +91,11 @@ def run(workdir: Path, actors: int, use_librosa: bool = True, log=print) -> dict
 
     from model.features import PRESETS, get_preset
 
+    try:
+        from model.features import CHUNK_FILES, extraction_workers
+    except ImportError:  # an older model.features: torch's own intra-op threads
+        CHUNK_FILES, extraction_workers = None, None
+
     root = Path(tempfile.mkdtemp(prefix="features-", dir=workdir))
     paths, gen_s = generate(root / "corpus", actors)
     n = len(paths)
@@ -129,8 +137,14 @@ def run(workdir: Path, actors: int, use_librosa: bool = True, log=print) -> dict
                 diff = np.abs(seed_feats - feats.reshape(n, -1))
                 extra["max_abs_diff_vs_librosa"] = round(float(diff.max()), 4)
                 extra["mean_abs_diff_vs_librosa"] = round(float(diff.mean()), 4)
+            if extraction_workers is not None:
+                workers = extraction_workers()
+                how = (f"{workers} worker thread{'s' if workers > 1 else ''} x 1 torch thread, "
+                       f"{CHUNK_FILES}-file chunks")
+            else:
+                how = f"torch intra-op threads {threads}"
             rows.append(_row(f"fedser: torchaudio, batched, {threads} thread{'s' if threads > 1 else ''}",
-                             name, n, s, **extra))
+                             name, n, s, how, **extra))
             log(f"  [features] fedser {name} ({threads} thread{'s' if threads > 1 else ''}): {n / s:.1f} files/s")
         torch.set_num_threads(default_threads)
         if cache_cls is None:
@@ -148,9 +162,15 @@ def run(workdir: Path, actors: int, use_librosa: bool = True, log=print) -> dict
                 rows.append(_row(f"fedser + feature cache, {when}", name, n, None, f"failed: {exc!r}"[:200]))
             continue
         same = bool(np.array_equal(cold, warm))
-        rows.append(_row("fedser + feature cache, cold", name, n, s_cold,
+
+        def hashed(cache) -> str:
+            k = getattr(cache, "last_hashed", None)
+            return "" if k is None else f"hashed {k} of {n} files (the rest: stat index)"
+
+        rows.append(_row("fedser + feature cache, cold", name, n, s_cold, hashed(cold_cache),
                          hits=getattr(cold_cache, "hits", None), misses=getattr(cold_cache, "misses", None)))
-        rows.append(_row("fedser + feature cache, warm", name, n, s_warm, "" if same else "WARM ROWS DIFFER",
+        warm_note = "; ".join(x for x in (hashed(warm_cache), "" if same else "WARM ROWS DIFFER") if x)
+        rows.append(_row("fedser + feature cache, warm", name, n, s_warm, warm_note,
                          hits=getattr(warm_cache, "hits", None), misses=getattr(warm_cache, "misses", None)))
         log(f"  [features] cache {name}: cold {n / s_cold:.1f}, warm {n / s_warm:.1f} files/s")
 
