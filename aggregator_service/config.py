@@ -77,6 +77,11 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--max-chunk-bytes", int, d.limits.max_chunk_bytes, "largest chunk (and gRPC message) accepted")
     add("--size-margin-bytes", int, d.limits.size_margin_bytes,
         "an update may declare at most the model's byte size plus this")
+    add("--receive-buffer-mb", int, d.limits.receive_buffer_bytes >> 20,
+        "memory for pushes being read (one buffer of model size + margin each, at least one)")
+    add("--max-pull-sends", int, d.limits.max_concurrent_pull_sends, "pulls that stream model bytes at once")
+    add("--busy-wait", float, d.limits.max_buffer_wait_s,
+        "seconds a push (pull) waits for a buffer (send slot) before it is refused as busy")
     add("--aggregation", str, r.aggregation, "fedavg (streaming), trimmed-mean or median (hold K updates)")
     add("--trim-fraction", float, r.trim_fraction, "share trimmed from each end by trimmed-mean")
     add("--clip-norm", float, r.clip_norm, "clip each update's L2 distance from the global model; 0: off")
@@ -112,6 +117,8 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         parser.error("--tls-client-ca needs --tls-cert and --tls-key")
     if a.max_streams_per_client < 1 or a.max_chunk_bytes < 1024 or a.size_margin_bytes < 0:
         parser.error("--max-streams-per-client must be >= 1, --max-chunk-bytes >= 1024, --size-margin-bytes >= 0")
+    if a.receive_buffer_mb < 0 or a.max_pull_sends < 1 or not a.busy_wait >= 0:
+        parser.error("--receive-buffer-mb must be >= 0, --max-pull-sends >= 1, --busy-wait >= 0")
     for name in ("port", "metrics_port", "health_port"):
         if getattr(a, name) is not None and not 0 <= getattr(a, name) <= 65535:
             parser.error(f"--{name.replace('_', '-')} must be 0..65535")
@@ -140,7 +147,8 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         seed=a.seed,
         rounds=rounds,
         limits=ServiceLimits(max_streams_per_client=a.max_streams_per_client, max_chunk_bytes=a.max_chunk_bytes,
-                             size_margin_bytes=a.size_margin_bytes),
+                             size_margin_bytes=a.size_margin_bytes, receive_buffer_bytes=a.receive_buffer_mb << 20,
+                             max_buffer_wait_s=a.busy_wait, max_concurrent_pull_sends=a.max_pull_sends),
         max_workers=max(4, a.max_workers),
         insecure=a.insecure,
         tls_cert=a.tls_cert,

@@ -296,6 +296,8 @@ def run_combo(params: int, clients: int, rounds: int, workdir: Path, push_concur
     agg: BenchAggregator = start_bench_aggregator(params, combo_dir, [
         "--clients-per-round", str(clients), "--min-clients", str(clients), "--rounds", str(rounds),
         "--round-timeout", "600", "--max-workers", str(max_workers), "--keep-checkpoints", "2",
+        # Harness clients do not retry: let a push wait for a receive buffer as long as the round may last.
+        "--busy-wait", "600",
     ])
     records: list[RoundRecord] = []
     try:

@@ -184,3 +184,13 @@ def test_limits_are_configurable():
                       "--size-margin-bytes", "0"], {"FEDSER_MAX_SAMPLES": "500"})
     assert (c.limits.max_streams_per_client, c.limits.max_chunk_bytes, c.limits.size_margin_bytes) == (3, 2048, 0)
     assert c.rounds.max_samples == 500
+
+
+def test_memory_bounds_are_configurable(capsys):
+    c = parse_config(["--insecure", "--receive-buffer-mb", "512", "--max-pull-sends", "4", "--busy-wait", "5"],
+                     {})
+    assert (c.limits.receive_buffer_bytes, c.limits.max_concurrent_pull_sends, c.limits.max_buffer_wait_s) == (
+        512 << 20, 4, 5.0)
+    d = parse_config(["--insecure"], {"FEDSER_RECEIVE_BUFFER_MB": "64"})
+    assert d.limits.receive_buffer_bytes == 64 << 20
+    assert "--max-pull-sends >= 1" in _exit_message(capsys, ["--insecure", "--max-pull-sends", "0"], {})

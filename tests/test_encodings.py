@@ -232,3 +232,34 @@ def test_receive_buffers_and_slots_are_bounded_and_reused():
                 pass
     with slots.acquire(0.05):
         pass
+
+
+def test_receive_buffers_serve_waiters_first_come_first_served():
+    from aggregator_service.receive import ReceiveBuffers
+
+    pool = ReceiveBuffers(size=10, count=1)
+    order: list[int] = []
+    lock = threading.Lock()
+
+    def push(k: int, started: threading.Event) -> None:
+        started.set()
+        with pool.acquire(10):
+            with lock:
+                order.append(k)
+
+    with pool.acquire(1):
+        threads = []
+        for k in range(5):  # queue up one by one, so arrival order is known
+            started = threading.Event()
+            t = threading.Thread(target=push, args=(k, started))
+            t.start()
+            started.wait(5)
+            for _ in range(100):
+                if len(pool._waiters) == k + 1:
+                    break
+                threading.Event().wait(0.01)
+            threads.append(t)
+    for t in threads:
+        t.join(10)
+    assert order == [0, 1, 2, 3, 4]
+    assert pool.in_use == 0
