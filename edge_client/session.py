@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+import zlib
 from dataclasses import dataclass
 
 import grpc
@@ -152,7 +153,9 @@ class FederatedSession:
             raise Stopped() from None
         log_event(log, "trained", round=h.round, samples=result.num_samples, loss=round(result.loss, 4),
                   accuracy=round(result.accuracy, 4))
-        rng = np.random.default_rng([self.config.seed, h.round])  # stochastic rounding of int8 deltas
+        # Stochastic rounding of int8 deltas: a stream per client and round, so clients'
+        # rounding errors are independent and average out in FedAvg.
+        rng = np.random.default_rng([self.config.seed, h.round, zlib.crc32(self.config.client_id.encode())])
         payload = arrays_to_bytes(encode_update(module_to_arrays(model), pulled.arrays, self.config.encoding, rng))
         header = pb.UpdateHeader(
             client_id=self.config.client_id,

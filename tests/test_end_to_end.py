@@ -161,3 +161,31 @@ def test_client_stops_cleanly_on_sigterm(tmp_path: Path, corpus: list[Path]) -> 
         assert "Traceback" not in (tmp_path / "client.log").read_text()
     finally:
         agg.stop()
+
+
+@pytest.mark.parametrize("encoding, max_share", [("fp16-delta", 0.51), ("int8-delta", 0.26)])
+def test_clients_push_compressed_updates(tmp_path: Path, corpus: list[Path], encoding: str, max_share: float) -> None:
+    """Real client processes with --update-encoding: rounds close, the model learns, and fewer bytes arrive."""
+    env = single_thread_env()
+    agg = start_aggregator(tmp_path / "ckpt", tmp_path / "aggregator.log", env=env, args=[
+        "--clients-per-round", "2", "--min-clients", "2", "--rounds", "2", "--round-timeout", "120",
+        "--local-epochs", "1", "--batch-size", "16",
+    ])
+    try:
+        _, initial = pull_arrays(agg.target)
+        model_bytes = 4 * sum(a.size for a in initial.values())
+        clients = [start_client(agg.target, folder, f"client-{k}", tmp_path / f"client-{k}.log",
+                                CLIENT_ARGS + ["--update-encoding", encoding], env=env)
+                   for k, folder in enumerate(corpus[:2])]
+        assert wait_all(clients, 300) == [0, 0]
+        st = status(agg.target)
+        assert st.model_version == 2 and [r.participants for r in st.rounds] == [2, 2]
+        _, final = pull_arrays(agg.target)
+        assert not np.array_equal(initial["classifier.weight"], final["classifier.weight"])
+        assert all(np.isfinite(a).all() for a in final.values())
+        m = scrape(agg.metrics_port)
+        assert m[("fedser_updates_total", (("reason", ""), ("status", "accepted")))] == 4
+        # Four updates arrived in (about) half or a quarter of the float32 bytes.
+        assert m[("fedser_bytes_received_total", ())] <= max_share * 4 * model_bytes
+    finally:
+        assert agg.stop() == 0
