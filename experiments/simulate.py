@@ -5,6 +5,12 @@ runs K clients (threads sharing this process, each the production client loop),
 and evaluates every global model version on held-out speakers. It also trains
 the same model centrally with the same budget as the baseline, then writes one
 CSV per run, PNG figures (one panel per K, one line per (B, E)) and a markdown table.
+
+Runs are repeatable: within a run the K client threads train one at a time, in
+client order (torch's dropout draws from one generator per process, which
+edge_client.training seeds per round but cannot keep apart between threads),
+and a run's scores do not depend on ``--jobs``, the number of runs done at once
+in separate worker processes.
 """
 from __future__ import annotations
 
@@ -12,9 +18,13 @@ import argparse
 import csv
 import itertools
 import logging
+import multiprocessing
+import os
+import resource
 import tempfile
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -29,7 +39,7 @@ from edge_client.backoff import BackoffPolicy
 from edge_client.dataset import LocalData, extract
 from edge_client.session import FederatedSession, SessionConfig
 from edge_client.training import evaluate, train_local
-from edge_client.transport import AggregatorClient
+from edge_client.transport import AggregatorClient, PulledModel, Stopped
 from experiments.partitions import PARTITIONS, partition
 from experiments.synthetic_corpus import CorpusSpec, generate_actor
 from model.eventlog import setup_logging
@@ -51,11 +61,14 @@ class GridConfig:
     batch_sizes: tuple[int, ...] = (10, 20)
     local_epochs: tuple[int, ...] = (1, 5)
     partitions: tuple[str, ...] = ("speaker", "iid")
-    rounds: int = 20
-    learning_rate: float = 1e-3
+    # 40 rounds: the E = 1 runs take the fewest optimiser steps per round and need them (docs/RESULTS.md).
+    rounds: int = 40
+    learning_rate: float = 1e-3  # the seed's; 2e-3 made a by-speaker K = 5, B = 10, E = 1 run collapse
     alpha: float = 0.5
-    actors: int = 24
-    heldout_fraction: float = 0.25
+    # 30 synthetic speakers, 12 held out (336 files, twice the old 6): less noise on every score;
+    # the 18 training speakers (504 files) are as many as before, so a round costs the same.
+    actors: int = 30
+    heldout_fraction: float = 0.4
     architecture: str = DEFAULT_ARCHITECTURE
     seed: int = 0
     central: bool = True
@@ -109,6 +122,10 @@ def load_pool(cfg: GridConfig) -> Pool:
                 generate_actor(root, actor, CorpusSpec(seed=cfg.seed))
                 marker.touch()
     utterances = scan(root, arch.classes).utterances
+    if cfg.data is None:
+        # The folder may hold more actors from an earlier run with a larger --actors: use 1..N only.
+        wanted = {f"actor{actor:02d}" for actor in range(1, cfg.actors + 1)}
+        utterances = [u for u in utterances if u.speaker in wanted]
     train, test = speaker_split(utterances, cfg.heldout_fraction, cfg.seed)
     preset = get_preset(arch.preset)
     index = {c: i for i, c in enumerate(arch.classes)}
@@ -128,6 +145,61 @@ def _score(model: torch.nn.Module, pool: Pool, num_classes: int, round: int, sec
     return Row(round, s.accuracy, s.uar, s.macro_f1, res.loss, seconds, s.confusion)
 
 
+class _Turns:
+    """Client threads train one at a time, in client order, each round.
+
+    edge_client.training seeds dropout by forking torch's global generator, which
+    is one per process: two client threads training at once would draw each
+    other's dropout masks and a run could not be repeated. Turns also fix the
+    order of the pushes, hence of the aggregator's float sums. The first turn
+    waits until every client has built its model (that draws from the generator too).
+    """
+
+    def __init__(self, clients: int, stop: threading.Event) -> None:
+        self._cond = threading.Condition()
+        self._clients = clients
+        self._stop = stop
+        self._ready = 0
+        self._turn = 0
+
+    def ready(self) -> None:
+        with self._cond:
+            self._ready += 1
+            self._cond.notify_all()
+
+    def acquire(self, index: int) -> None:
+        with self._cond:
+            while not (self._ready == self._clients and self._turn == index):
+                if self._stop.is_set():
+                    raise Stopped()
+                self._cond.wait(0.5)
+
+    def release(self) -> None:
+        with self._cond:
+            self._turn = (self._turn + 1) % self._clients
+            self._cond.notify_all()
+
+
+class _TurnTakingSession(FederatedSession):
+    """The production client loop, training and pushing only in its turn (see :class:`_Turns`)."""
+
+    def __init__(self, index: int, turns: _Turns, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._index = index
+        self._turns = turns
+        self._first = True
+
+    def _contribute(self, model: torch.nn.Module, pulled: PulledModel) -> None:
+        if self._first:  # the model is built: the session builds it before its first contribution
+            self._first = False
+            self._turns.ready()
+        self._turns.acquire(self._index)
+        try:
+            super()._contribute(model, pulled)
+        finally:
+            self._turns.release()
+
+
 def run_federated(cfg: GridConfig, pool: Pool, kind: str, k: int, b: int, e: int) -> RunResult:
     """One federated run through the production aggregator and client loop."""
     arch = get_architecture(cfg.architecture)
@@ -142,16 +214,20 @@ def run_federated(cfg: GridConfig, pool: Pool, kind: str, k: int, b: int, e: int
                                plan=TrainingPlan(e, b, cfg.learning_rate)),
         ))
         stop = threading.Event()
+        turns = _Turns(len(parts), stop)
         target = f"127.0.0.1:{running.port}"
         clients = []
         errors: list[BaseException] = []
+        # Built before any client thread trains: building draws from torch's generator.
+        model = build_model(arch.id)
 
         def client(i: int, idx: np.ndarray) -> None:
             data = LocalData(pool.x[idx], pool.y[idx], pool.x[:0], pool.y[:0], len({pool.speakers[j] for j in idx}), 0)
             transport = AggregatorClient(target, stop, BackoffPolicy(max_s=1.0))
             try:
-                session = FederatedSession(SessionConfig(f"sim-{i}", cfg.rounds, torch.device("cpu"), cfg.seed + i),
-                                           data, arch.classes, transport, stop)
+                session = _TurnTakingSession(
+                    i, turns, SessionConfig(f"sim-{i}", cfg.rounds, torch.device("cpu"), cfg.seed + i, arch.id),
+                    data, arch.classes, transport, stop)
                 session.run()
             except BaseException as exc:  # surfaced after the run
                 errors.append(exc)
@@ -164,7 +240,6 @@ def run_federated(cfg: GridConfig, pool: Pool, kind: str, k: int, b: int, e: int
             t.start()
             clients.append(t)
         evaluator = AggregatorClient(target, stop, BackoffPolicy(max_s=1.0))
-        model = build_model(arch.id)
         try:
             for version in range(cfg.rounds + 1):
                 pulled = evaluator.pull("evaluator", min_version=version, wait_s=30)
@@ -283,42 +358,141 @@ def table(results: list[RunResult], central: dict[tuple[int, int], RunResult]) -
     return "\n".join(lines)
 
 
-def run_grid(cfg: GridConfig) -> int:
+def _quiet() -> None:
     torch.set_num_threads(1)
     setup_logging("warning")
     # The in-process aggregator runs plaintext on 127.0.0.1 by design; its warning is noise here.
     logging.getLogger("fedser.aggregator").setLevel(logging.ERROR)
+
+
+# A worker process's grid and pool, set once by _init_worker.
+_WORKER: tuple[GridConfig, Pool] | None = None
+
+
+def _init_worker(cfg: GridConfig, pool: Pool) -> None:
+    global _WORKER
+    _quiet()
+    _WORKER = (cfg, pool)
+
+
+def _run_unit(unit: tuple) -> RunResult:
+    """One run of the grid: ("central", B, E) or (partition, K, B, E)."""
+    assert _WORKER is not None
+    cfg, pool = _WORKER
+    if unit[0] == "central":
+        return run_central(cfg, pool, unit[1], unit[2])
+    return run_federated(cfg, pool, *unit)
+
+
+class _LoadSampler:
+    """The 1-minute load average every 15 s while the grid runs (other jobs on the machine slow it)."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="load-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.samples.append(os.getloadavg()[0])
+            if self._stop.wait(15):
+                return
+
+    def __enter__(self) -> "_LoadSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> str:
+        if not self.samples:
+            return "n/a"
+        return f"mean {np.mean(self.samples):.1f}, max {max(self.samples):.1f}"
+
+
+def default_jobs() -> int:
+    """Runs at once: one per CPU this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def gap_summary(results: list[RunResult], central: dict[tuple[int, int], RunResult], kind: str = "speaker",
+                target_pts: float = 3.0) -> str:
+    """How many runs of ``kind`` end within ``target_pts`` of central UAR (means of the last 5 rounds)."""
+    runs = [r for r in results if r.partition == kind and (r.batch_size, r.local_epochs) in central]
+    if not runs:
+        return ""
+    gaps = [(r, 100 * (tail_mean(r.rows, "uar") - tail_mean(central[(r.batch_size, r.local_epochs)].rows, "uar")))
+            for r in runs]
+    # Two decimals: a gap of -3.02 is a miss, shown as -3.0 in the table.
+    missed = [f"K{r.clients} B{r.batch_size} E{r.local_epochs} ({g:+.2f})" for r, g in gaps if g < -target_pts]
+    line = (f"{kind} partition: {len(runs) - len(missed)} of {len(runs)} runs within {target_pts:g} points of "
+            f"central UAR (mean of the last 5 rounds)")
+    return line + (f"; not: {', '.join(missed)}." if missed else ".")
+
+
+def run_grid(cfg: GridConfig, jobs: int = 1) -> int:
+    _quiet()
     started = time.monotonic()
     print(f"fedser simulate: partitions {', '.join(cfg.partitions)}; K {cfg.clients}, B {cfg.batch_sizes}, "
-          f"E {cfg.local_epochs}; {cfg.rounds} rounds; {cfg.architecture}", flush=True)
+          f"E {cfg.local_epochs}; {cfg.rounds} rounds; learning rate {cfg.learning_rate:g}; {cfg.architecture}",
+          flush=True)
     pool = load_pool(cfg)
     print(f"  pool: {len(pool.y)} training files from {len(set(pool.speakers))} speakers; "
           f"held out: {len(pool.test_y)} files from {pool.test_speakers} speakers", flush=True)
     runs_dir = cfg.out / "runs"
     classes = get_architecture(cfg.architecture).classes
-    central: dict[tuple[int, int], RunResult] = {}
+    units: list[tuple] = []
     if cfg.central:
-        for b, e in itertools.product(cfg.batch_sizes, cfg.local_epochs):
-            res = run_central(cfg, pool, b, e)
-            write_csv(res, runs_dir, classes)
-            central[(b, e)] = res
-            print(f"  {res.name:<22} UAR {res.rows[-1].uar:6.1%}  acc {res.rows[-1].accuracy:6.1%}  "
-                  f"({res.seconds:.0f} s)", flush=True)
+        units += [("central", b, e) for b, e in itertools.product(cfg.batch_sizes, cfg.local_epochs)]
+    units += [(kind, k, b, e) for kind in cfg.partitions
+              for k, b, e in itertools.product(cfg.clients, cfg.batch_sizes, cfg.local_epochs)]
+    jobs = max(1, min(jobs, len(units)))
+    done: dict[tuple, RunResult] = {}
+
+    def finished(unit: tuple, res: RunResult) -> None:
+        write_csv(res, runs_dir, classes)
+        done[unit] = res
+        print(f"  {res.name:<22} UAR {res.rows[-1].uar:6.1%}  acc {res.rows[-1].accuracy:6.1%}  "
+              f"({res.seconds:.0f} s)  [{len(done)}/{len(units)}]", flush=True)
+
+    with _LoadSampler() as load:
+        if jobs == 1:
+            _init_worker(cfg, pool)
+            for unit in units:
+                finished(unit, _run_unit(unit))
+        else:
+            # Longest runs first (most local epochs, smallest batches), so the workers finish together.
+            order = sorted(units, key=lambda u: (-u[-1], u[-2]))
+            # spawn: gRPC and torch threads do not survive fork.
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_init_worker, initargs=(cfg, pool)) as ex:
+                futures = {ex.submit(_run_unit, u): u for u in order}
+                for fut in as_completed(futures):
+                    finished(futures[fut], fut.result())
+    central = {(u[1], u[2]): done[u] for u in units if u[0] == "central"}
     results: list[RunResult] = []
     for kind in cfg.partitions:
-        per_kind = []
-        for k, b, e in itertools.product(cfg.clients, cfg.batch_sizes, cfg.local_epochs):
-            res = run_federated(cfg, pool, kind, k, b, e)
-            write_csv(res, runs_dir, classes)
-            per_kind.append(res)
-            print(f"  {res.name:<22} UAR {res.rows[-1].uar:6.1%}  acc {res.rows[-1].accuracy:6.1%}  "
-                  f"({res.seconds:.0f} s)", flush=True)
+        per_kind = [done[u] for u in units if u[0] == kind]
         plot(per_kind, central, kind, cfg.out / f"{kind}.png")
         results.extend(per_kind)
-    md = table(results, central)
+    wall = time.monotonic() - started
+    cpu = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime"))
+    summary = [line for line in (gap_summary(results, central, "speaker"), gap_summary(results, central, "iid"))
+               if line]
+    footer = (f"{cfg.rounds} rounds, learning rate {cfg.learning_rate:g}, {cfg.architecture}; "
+              f"{len(pool.y)} training files ({len(set(pool.speakers))} speakers), {len(pool.test_y)} held out "
+              f"({pool.test_speakers} speakers). Wall {wall / 60:.1f} min, CPU {cpu / 60:.1f} min, {jobs} job(s) "
+              f"on {os.cpu_count()} CPUs; 1-minute load average during the run: {load.summary()}.")
+    md = "\n\n".join([table(results, central), *(["\n".join(summary)] if summary else []), footer])
     (cfg.out / "results.md").write_text(md + "\n")
     print("\n" + md)
-    print(f"\nDone in {time.monotonic() - started:.0f} s: {cfg.out / 'results.md'}, figures "
+    print(f"\nDone in {wall:.0f} s: {cfg.out / 'results.md'}, figures "
           f"{', '.join(str(cfg.out / f'{k}.png') for k in cfg.partitions)}, per-run CSVs in {runs_dir}/")
     return 0
 
@@ -337,13 +511,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help=f"comma-separated, from {', '.join(PARTITIONS)} (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=d.rounds, help="rounds per run (default: %(default)s; the seed: 200)")
     p.add_argument("--full", action="store_true", help="the seed's full grid: 200 rounds, all three partitions")
-    p.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate,
+                   help="Adam's, for the clients and the central baseline alike (default: %(default)s)")
     p.add_argument("--alpha", type=float, default=d.alpha, help="Dirichlet concentration (default: %(default)s)")
     p.add_argument("--actors", type=int, default=d.actors, help="synthetic speakers (default: %(default)s)")
+    p.add_argument("--heldout-fraction", type=float, default=d.heldout_fraction,
+                   help="share of the speakers held out for scoring, never trained on (default: %(default)s)")
     p.add_argument("--data", type=Path, help="a real RAVDESS folder instead of the synthetic corpus")
     p.add_argument("--architecture", default=d.architecture, choices=sorted(ARCHITECTURES))
     p.add_argument("--no-central", action="store_true", help="skip the central baseline")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--jobs", type=int, default=default_jobs(),
+                   help="runs at once, each in its own process (default: the CPUs available, %(default)s); "
+                        "scores do not depend on it")
     p.add_argument("--out", type=Path, default=d.out, help="output folder (default: %(default)s)")
     a = p.parse_args(argv)
     partitions = tuple(PARTITIONS) if a.full else tuple(x for x in a.partitions.split(",") if x)
@@ -352,9 +532,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"unknown partition(s) {unknown}; known: {', '.join(PARTITIONS)}")
     if a.rounds < 1 or min(a.clients) < 1 or min(a.batch_sizes) < 1 or min(a.local_epochs) < 1:
         p.error("--rounds, --clients, --batch-sizes and --local-epochs must be >= 1")
+    if a.jobs < 1:
+        p.error("--jobs must be >= 1")
+    if not 0.0 < a.heldout_fraction < 1.0:
+        p.error("--heldout-fraction must be in (0, 1)")
     cfg = GridConfig(
         clients=a.clients, batch_sizes=a.batch_sizes, local_epochs=a.local_epochs, partitions=partitions,
         rounds=200 if a.full else a.rounds, learning_rate=a.learning_rate, alpha=a.alpha, actors=a.actors,
+        heldout_fraction=a.heldout_fraction,
         architecture=a.architecture, seed=a.seed, central=not a.no_central, data=a.data, out=a.out,
     )
-    return run_grid(cfg)
+    return run_grid(cfg, a.jobs)

@@ -25,5 +25,37 @@ def test_tiny_grid_writes_runs_figure_and_table(tmp_path: Path) -> None:
     assert table[0].startswith("| partition | K | B | E | final acc | final UAR | final macro-F1 | UAR, last 5 |")
     confusion = (out / "runs" / "speaker-K2-B16-E1.confusion.txt").read_text()
     assert "neutral" in confusion and "angry" in confusion
-    assert [line.split("|")[1].strip() for line in table[2:]] == ["speaker", "iid"]
+    rows = [line for line in table[2:] if line.startswith("|")]
+    assert [line.split("|")[1].strip() for line in rows] == ["speaker", "iid"]
+    # Below the table: per partition, how many runs are within 3 points of central UAR; then the run's times.
+    assert [line.split(":")[0] for line in table if "within 3 points" in line] == [
+        "speaker partition", "iid partition"]
+    assert "rounds, learning rate" in table[-1] and "Wall" in table[-1]
     assert (out / "speaker.png").stat().st_size > 10_000 and (out / "iid.png").exists()
+
+
+def test_runs_repeat_exactly_whatever_the_number_of_jobs(tmp_path: Path) -> None:
+    """Client threads take turns to train (dropout draws from one generator per process), so a federated
+    run is repeatable, and runs done in worker processes (--jobs 2) score exactly as in one process."""
+    grid = ["--clients", "4", "--batch-sizes", "8", "--local-epochs", "2", "--partitions", "iid",
+            "--rounds", "2", "--actors", "6"]
+    assert main([*grid, "--jobs", "2", "--out", str(tmp_path / "a")]) == 0
+    assert main([*grid, "--jobs", "1", "--data", str(tmp_path / "a" / "corpus"), "--out", str(tmp_path / "b")]) == 0
+    for name in ("central-B8-E2", "iid-K4-B8-E2"):
+        a, b = ([line.rsplit(",", 1)[0] for line in (tmp_path / d / "runs" / f"{name}.csv").read_text().splitlines()]
+                for d in ("a", "b"))
+        assert a == b and len(a) == 4  # header + rounds 0..2; every column but the seconds
+    summary = (tmp_path / "a" / "results.md").read_text()
+    assert "iid partition:" in summary and "2 job(s)" in summary and "load average" in summary
+
+
+def test_pool_uses_only_the_actors_asked_for(tmp_path: Path) -> None:
+    """A corpus folder left with more actors by an earlier, larger run does not leak them into a smaller one."""
+    from experiments.simulate import GridConfig, load_pool
+
+    big = load_pool(GridConfig(actors=4, heldout_fraction=0.25, out=tmp_path))
+    small = load_pool(GridConfig(actors=3, heldout_fraction=0.4, out=tmp_path))
+    assert len(set(big.speakers)) + big.test_speakers == 4
+    assert len(set(small.speakers)) + small.test_speakers == 3
+    assert "actor04" not in small.speakers
+    assert len(small.y) + len(small.test_y) == 3 * 28  # the seed classes: 4 neutral + 3 x 8 per actor
