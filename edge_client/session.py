@@ -143,6 +143,7 @@ class FederatedSession:
         return True
 
     def _contribute(self, model: torch.nn.Module, pulled: PulledModel) -> None:
+        """Train on the pulled model and push the update (experiments.simulate wraps this to take turns)."""
         h = pulled.header
         load_arrays_into(model, pulled.arrays)
         plan = TrainingPlan(h.plan.local_epochs, h.plan.batch_size, h.plan.learning_rate)
