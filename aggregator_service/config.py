@@ -78,7 +78,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--size-margin-bytes", int, d.limits.size_margin_bytes,
         "an update may declare at most the model's byte size plus this")
     add("--receive-buffer-mb", int, d.limits.receive_buffer_bytes >> 20,
-        "memory for pushes being read (one buffer of model size + margin each, at least one)")
+        "memory for pushes being read (one buffer of model size + margin each, at least two)")
     add("--max-pull-sends", int, d.limits.max_concurrent_pull_sends, "pulls that stream model bytes at once")
     add("--busy-wait", float, d.limits.max_buffer_wait_s,
         "seconds a push (pull) waits for a buffer (send slot) before it is refused as busy")

@@ -64,8 +64,10 @@ class ServiceLimits:
     max_wait_s: float = 30.0
     max_streams_per_client: int = 2
     # Pushes in flight hold one buffer of (model bytes + margin) each; this
-    # budget bounds them all (at least one buffer), whatever the number of clients.
-    receive_buffer_bytes: int = 256 << 20
+    # budget bounds them all (but at least min_receive_buffers, so that big
+    # updates still overlap), whatever the number of clients.
+    receive_buffer_bytes: int = 64 << 20
+    min_receive_buffers: int = 2
     max_buffer_wait_s: float = 60.0
     # Pulls streaming model bytes at once: gRPC holds a few MiB per sending stream.
     max_concurrent_pull_sends: int = 16
@@ -92,7 +94,7 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
         self._auth = auth or Authenticator(None)
         self._streams: Counter[str] = Counter()
         buffer_bytes = manager.global_model.size + limits.size_margin_bytes
-        self._buffers = ReceiveBuffers(buffer_bytes, max(1, limits.receive_buffer_bytes // buffer_bytes))
+        self._buffers = ReceiveBuffers(buffer_bytes, max(limits.min_receive_buffers, 1, limits.receive_buffer_bytes // buffer_bytes))
         self._send_slots = Slots(limits.max_concurrent_pull_sends)
         self._streams_lock = threading.Lock()
 

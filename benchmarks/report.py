@@ -130,14 +130,16 @@ def render(result: dict[str, Any]) -> str:
         acc = result["sections"].get("compression")
         if acc:
             lines += ["", f"## 6. Held-out accuracy with each update encoding (the demo task: {acc['setup']})", "",
-                      "Same corpus, seeds and schedule; only --update-encoding differs. Scores are on held-out "
-                      "speakers, mean of the last 5 rounds (and the final round); 'loss' = float32 minus this "
-                      "encoding, in accuracy points (target: at most 1).", ""]
+                      "Per seed, the same corpus, split, initial model and schedule; only --update-encoding "
+                      "differs. Scores are on held-out speakers, mean of the last 5 rounds (and the final round), "
+                      "averaged over the seeds; 'loss' = float32 minus this encoding with the same seed, averaged "
+                      "(per seed in brackets), in accuracy points (target: at most 1).", ""]
             lines += _table(
                 ["encoding", "rounds", "accuracy (last 5)", "UAR (last 5)", "final accuracy", "final UAR",
                  "**accuracy loss, points**", "seconds"],
                 [(r["encoding"], r["rounds"], _fmt(r["accuracy_last5"]), _fmt(r["uar_last5"]),
-                  _fmt(r["accuracy_final"]), _fmt(r["uar_final"]), _fmt(r.get("accuracy_loss_points")),
+                  _fmt(r["accuracy_final"]), _fmt(r["uar_final"]),
+                  f"{_fmt(r.get('accuracy_loss_points'))} ({', '.join(_fmt(x) for x in r.get('loss_per_seed', []))})",
                   _fmt(r["seconds"])) for r in acc["rows"]],
             )
     return "\n".join(lines) + "\n"

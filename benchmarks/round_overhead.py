@@ -22,7 +22,7 @@ tensor (base + delta_k) spliced in: z_delta's bytes come last in the
 safetensors layout, so its XXH3-128 costs one hash of the shared prefix per
 round (hasher copy) plus 256 bytes per client. All N clients push at once:
 the aggregator bounds the pushes it reads concurrently itself (its pool of
-receive buffers, 256 MiB by default); the bound is recorded with the results.
+receive buffers, 64 MiB but at least two by default); the bound is recorded with the results.
 ``--push-concurrency`` adds a client-side bound for experiments.
 
 The expected global model after round r is known exactly (the big tensor is
@@ -78,7 +78,8 @@ def client_delta(k: int) -> np.ndarray:
 def receive_buffers(params: int, clients: int) -> int:
     """Pushes the aggregator reads at once with its default limits (see aggregator_service.servicer)."""
     limits = ServiceLimits()
-    return max(1, min(clients, limits.receive_buffer_bytes // (4 * params + 1024 + limits.size_margin_bytes)))
+    size = 4 * params + 1024 + limits.size_margin_bytes
+    return min(clients, max(limits.min_receive_buffers, limits.receive_buffer_bytes // size))
 
 
 def tensor_offsets(payload: bytes | memoryview, name: str) -> tuple[int, int]:

@@ -16,7 +16,7 @@ from edge_client.errors import ModelMismatchError, RefusedError
 from edge_client.training import TrainingInterrupted, evaluate, train_local
 from edge_client.transport import AggregatorClient, PulledModel, Stopped
 from fedser.v1 import aggregator_pb2 as pb
-from model.encodings import Encoding, encode_update, to_proto
+from model.encodings import Encoding, ErrorFeedback, to_proto
 from model.eventlog import log_event
 from model.network import DEFAULT_ARCHITECTURE, Architecture, UnknownArchitectureError, build_model, get_architecture
 from model.plan import TrainingPlan
@@ -53,6 +53,7 @@ class FederatedSession:
         # The last accepted push, kept until its round closes: an aggregator that
         # restarted from its checkpoint lost it, and the same update id makes a re-push safe.
         self._pending: tuple[pb.UpdateHeader, bytes, int] | None = None
+        self._feedback = ErrorFeedback()  # what fp16 / int8 rounding dropped, sent next round
 
     def run(self) -> int:
         """Returns the number of rounds this client contributed to."""
@@ -157,7 +158,7 @@ class FederatedSession:
         # Stochastic rounding of int8 deltas: a stream per client and round, so clients'
         # rounding errors are independent and average out in FedAvg.
         rng = np.random.default_rng([self.config.seed, h.round, zlib.crc32(self.config.client_id.encode())])
-        payload = arrays_to_bytes(encode_update(module_to_arrays(model), pulled.arrays, self.config.encoding, rng))
+        payload = arrays_to_bytes(self._feedback.encode(module_to_arrays(model), pulled.arrays, self.config.encoding, rng))
         header = pb.UpdateHeader(
             client_id=self.config.client_id,
             round=h.round,

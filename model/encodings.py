@@ -118,3 +118,30 @@ def encode_update(
         out[k] = np.clip(q, -127, 127).astype(np.int8)
         out[k + SCALE_SUFFIX] = np.array([scale], dtype=np.float32)
     return out
+
+
+class ErrorFeedback:
+    """A client's memory of what its lossy encodings dropped, added to its next update.
+
+    Error feedback (as in 1-bit SGD and EF-SGD): the rounding error of round t
+    is sent in round t+1, so quantisation error does not accumulate across
+    rounds; the residual is one float32 copy of the model on the client.
+    """
+
+    def __init__(self) -> None:
+        self._residual: dict[str, np.ndarray] = {}
+
+    def encode(
+        self, weights: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray], encoding: Encoding,
+        rng: np.random.Generator | None = None,
+    ) -> dict[str, np.ndarray]:
+        """encode_update of ``weights`` plus the carried residual; remembers the new residual."""
+        if not encoding.is_delta:
+            self._residual = {}
+            return encode_update(weights, base, encoding, rng)
+        target = {k: np.asarray(w, np.float32) + self._residual[k] if k in self._residual else np.asarray(w, np.float32)
+                  for k, w in weights.items()}
+        sent = encode_update(target, base, encoding, rng)
+        decoded = decode_weights(sent, base, encoding)
+        self._residual = {k: target[k] - decoded[k] for k in target}
+        return sent

@@ -168,7 +168,7 @@ def test_pushes_wait_for_a_receive_buffer_and_time_out_busy(tmp_path: Path):
     config = AggregatorConfig(
         host="127.0.0.1", port=0, metrics_port=0, checkpoint_dir=tmp_path / "ckpt", insecure=True,
         rounds=RoundConfig(clients_per_round=2, min_clients=1, round_timeout_s=600),
-        limits=ServiceLimits(receive_buffer_bytes=1, max_buffer_wait_s=0.5),
+        limits=ServiceLimits(receive_buffer_bytes=1, min_receive_buffers=1, max_buffer_wait_s=0.5),
     )
     running = start(config)
     try:
@@ -263,3 +263,23 @@ def test_receive_buffers_serve_waiters_first_come_first_served():
         t.join(10)
     assert order == [0, 1, 2, 3, 4]
     assert pool.in_use == 0
+
+
+def test_error_feedback_keeps_the_sum_of_sent_updates_on_track():
+    from model.encodings import ErrorFeedback
+
+    rng = np.random.default_rng(7)
+    base = {"w": np.zeros(500, np.float32)}
+    fb = ErrorFeedback()
+    sent_total = np.zeros(500, np.float64)
+    true_total = np.zeros(500, np.float64)
+    for _ in range(30):
+        # One outlier per round inflates the per-tensor scale: the small entries round to 0 or +-1 steps.
+        d = rng.normal(0, 1e-4, 500).astype(np.float32)
+        d[0] = 0.05
+        true_total += d
+        sent = fb.encode({"w": base["w"] + d}, base, Encoding.INT8_DELTA, rng)
+        sent_total += decode_weights(sent, base, Encoding.INT8_DELTA)["w"]
+    scale = 0.05 / 127
+    # With feedback the error of the sum stays within one last rounding step, not a random walk of 30.
+    assert np.abs(sent_total - true_total).max() <= 1.5 * scale
