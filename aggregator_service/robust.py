@@ -50,7 +50,7 @@ def clip_update(
 class StackedAggregator:
     """Keeps every update of the round; the result is a coordinate-wise robust statistic (unweighted)."""
 
-    def __init__(self, template: Mapping[str, np.ndarray], rule: str, trim_fraction: float = 0.1) -> None:
+    def __init__(self, template: Mapping[str, object], rule: str, trim_fraction: float = 0.1) -> None:
         if rule not in ("median", "trimmed-mean"):
             raise ValueError(f"unknown robust rule {rule!r}")
         if not 0.0 <= trim_fraction < 0.5:

@@ -170,7 +170,6 @@ class RoundManager:
         self._wall = wall_clock
         self._cond = threading.Condition()
         self._global = initial
-        self._template = {k: v for k, v in initial.arrays.items()}
         self._specs = {k: TensorSpec(v.dtype, v.shape) for k, v in initial.arrays.items()}
         self._finished = bool(config.max_rounds) and initial.version >= config.max_rounds
         self._stopping = False
@@ -184,10 +183,6 @@ class RoundManager:
     def global_model(self) -> Checkpoint:
         with self._cond:
             return self._global
-
-    @property
-    def template(self) -> Mapping[str, np.ndarray]:
-        return self._template
 
     @property
     def specs(self) -> Mapping[str, TensorSpec]:
@@ -349,8 +344,8 @@ class RoundManager:
 
     def _new_aggregator(self) -> Aggregator:
         if self.config.aggregation == "fedavg":
-            return FedAvgAccumulator(self._template)
-        return StackedAggregator(self._template, self.config.aggregation, self.config.trim_fraction)
+            return FedAvgAccumulator(self._specs)
+        return StackedAggregator(self._specs, self.config.aggregation, self.config.trim_fraction)
 
     def _try_close_locked(self, closed_by: str) -> None:
         # The update that triggered the close is already counted; a failed

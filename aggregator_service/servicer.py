@@ -72,6 +72,10 @@ class ServiceLimits:
     # Pulls streaming model bytes at once: gRPC holds a few MiB per sending stream.
     max_concurrent_pull_sends: int = 16
 
+    def receive_buffers(self, buffer_bytes: int) -> int:
+        """How many receive buffers of ``buffer_bytes`` the budget allows."""
+        return max(self.min_receive_buffers, 1, self.receive_buffer_bytes // buffer_bytes)
+
 
 @dataclass(frozen=True)
 class ModelIdentity:
@@ -94,7 +98,7 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
         self._auth = auth or Authenticator(None)
         self._streams: Counter[str] = Counter()
         buffer_bytes = manager.global_model.size + limits.size_margin_bytes
-        self._buffers = ReceiveBuffers(buffer_bytes, max(limits.min_receive_buffers, 1, limits.receive_buffer_bytes // buffer_bytes))
+        self._buffers = ReceiveBuffers(buffer_bytes, limits.receive_buffers(buffer_bytes))
         self._send_slots = Slots(limits.max_concurrent_pull_sends)
         self._streams_lock = threading.Lock()
 

@@ -78,8 +78,7 @@ def client_delta(k: int) -> np.ndarray:
 def receive_buffers(params: int, clients: int) -> int:
     """Pushes the aggregator reads at once with its default limits (see aggregator_service.servicer)."""
     limits = ServiceLimits()
-    size = 4 * params + 1024 + limits.size_margin_bytes
-    return min(clients, max(limits.min_receive_buffers, limits.receive_buffer_bytes // size))
+    return min(clients, limits.receive_buffers(4 * params + 1024 + limits.size_margin_bytes))
 
 
 def tensor_offsets(payload: bytes | memoryview, name: str) -> tuple[int, int]:

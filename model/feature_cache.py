@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import itertools
 import json
 import os
 import tempfile
@@ -113,17 +112,10 @@ def preset_key(preset: FeaturePreset) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-_tmp_counter = itertools.count()
-
-
 def _write_atomic(target: Path, data: bytes) -> None:
     """Write ``data`` to a new temporary file in the target's folder, then rename it over the target."""
-    tmp = target.parent / f".{target.name}.{os.getpid()}.{threading.get_ident()}.{next(_tmp_counter)}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
-    except FileExistsError:  # a leftover of a crashed process with the same pid: make a unique one
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        tmp = Path(name)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
