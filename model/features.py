@@ -249,7 +249,7 @@ class WindowFitter:
             arrays = [np.ascontiguousarray(waves[i][0], dtype=np.int16 if scale != 1.0 else np.float32) for i in idx]
             y = self._resampler(sr, scale)(arrays, n)
             if len(idx) == len(waves):
-                out = y.contiguous() if not y.is_contiguous() else y
+                out = y.contiguous()
             else:
                 out[idx] = y
         return out
