@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Iterator
 import xxhash
 
 from aggregator_service.errors import BusyError, InvalidUpdateError
-from fedser.v1 import aggregator_pb2 as pb
+from fedser.v1.chunks import PushMessage, chunk_of
 
 
 class ReceiveBuffers:
@@ -108,7 +108,7 @@ class Slots:
 
 
 def receive_into(
-    messages: Iterable[pb.PushUpdateRequest],
+    messages: Iterable[PushMessage],
     buf: bytearray,
     total: int,
     max_chunk: int,
@@ -127,9 +127,9 @@ def receive_into(
         hashers.append((xxhash.xxh3_128(), xxh3_128))
     offset = 0
     for msg in messages:
-        if msg.WhichOneof("payload") != "chunk":
+        chunk = chunk_of(msg)
+        if chunk is None:
             raise InvalidUpdateError("only chunks may follow the header", reason="bad_stream")
-        chunk = msg.chunk
         n = len(chunk)
         if n > max_chunk:
             raise InvalidUpdateError(f"chunk of {n} bytes exceeds {max_chunk}", reason="too_large")

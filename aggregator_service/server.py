@@ -21,7 +21,7 @@ from aggregator_service.rounds import RoundManager, RoundSummary
 from aggregator_service.security import Authenticator, SecurityConfigError, TlsFiles, TokenTable, server_credentials
 from aggregator_service.servicer import AggregatorServicer, ModelIdentity
 from fedser.v1 import aggregator_pb2 as pb
-from fedser.v1 import aggregator_pb2_grpc as pb_grpc
+from fedser.v1 import chunks
 from model.eventlog import log_event
 from model.architectures import get_architecture, initial_weights
 
@@ -167,7 +167,7 @@ def start(config: AggregatorConfig) -> RunningAggregator:
     )
     identity = ModelIdentity(arch.id, arch.classes, arch.preset)
     servicer = AggregatorServicer(manager, metrics, identity, config.limits, Authenticator(tokens))
-    pb_grpc.add_AggregatorServicer_to_server(servicer, server)
+    chunks.add_servicer(servicer, server)  # the generated registration, with copy-free chunk codecs
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

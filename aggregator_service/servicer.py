@@ -34,6 +34,7 @@ from aggregator_service.security import Authenticator, PermissionDeniedError, Un
 from aggregator_service.validation import check_declared_size, check_tensors
 from fedser.v1 import aggregator_pb2 as pb
 from fedser.v1 import aggregator_pb2_grpc as pb_grpc
+from fedser.v1.chunks import PushMessage
 from model.eventlog import log_event
 from model.encodings import expected_layout, from_proto
 from model.serialization import MalformedTensorsError, view_arrays
@@ -131,7 +132,7 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             _abort(context, STATUS_FOR_ERROR[type(exc)], str(exc))
 
     # -- PullModel -----------------------------------------------------
-    def PullModel(self, request: pb.PullModelRequest, context: grpc.ServicerContext) -> Iterator[pb.PullModelResponse]:
+    def PullModel(self, request: pb.PullModelRequest, context: grpc.ServicerContext) -> Iterator[pb.PullModelResponse | bytes]:
         self._authorize(context, request.client_id, "PullModel")
         try:
             with self._stream_slot(request.client_id):
@@ -140,7 +141,7 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             log_event(log, "pull_refused", logging.WARNING, reason=exc.reason, client=request.client_id)
             _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
 
-    def _pull(self, request: pb.PullModelRequest, context: grpc.ServicerContext) -> Iterator[pb.PullModelResponse]:
+    def _pull(self, request: pb.PullModelRequest, context: grpc.ServicerContext) -> Iterator[pb.PullModelResponse | bytes]:
         wait = min(max(request.wait_seconds, 0.0), self._limits.max_wait_s)
         remaining = context.time_remaining()
         if remaining is not None:
@@ -180,15 +181,15 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             for offset in range(0, model.size, self._limits.chunk_bytes):
                 chunk = model.read(offset, self._limits.chunk_bytes)
                 self._metrics.bytes_sent.inc(len(chunk))
-                yield pb.PullModelResponse(chunk=chunk)
+                yield chunk  # fedser.v1.chunks serializes it as a chunk message
 
     # -- PushUpdate ----------------------------------------------------
-    def PushUpdate(self, request_iterator: Iterable[pb.PushUpdateRequest], context: grpc.ServicerContext) -> pb.PushUpdateResponse:
+    def PushUpdate(self, request_iterator: Iterable[PushMessage], context: grpc.ServicerContext) -> pb.PushUpdateResponse:
         header: pb.UpdateHeader | None = None
         try:
             identity = self._auth.identify(context)  # before reading anything from the stream
             first = next(iter(request_iterator), None)
-            if first is None or first.WhichOneof("payload") != "header":
+            if not isinstance(first, pb.PushUpdateRequest) or first.WhichOneof("payload") != "header":
                 raise InvalidUpdateError("the first message of a push must be the header", reason="bad_header")
             header = first.header
             self._auth.authorize(identity, header.client_id)
@@ -198,7 +199,7 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             self._reject(context, exc, header)
             raise AssertionError("unreachable")  # context.abort raises
 
-    def _push(self, request_iterator: Iterable[pb.PushUpdateRequest], h: pb.UpdateHeader) -> pb.PushUpdateResponse:
+    def _push(self, request_iterator: Iterable[PushMessage], h: pb.UpdateHeader) -> pb.PushUpdateResponse:
         """Header checks first, then the bulk bytes into a pooled buffer, then the tensors, then the round logic."""
         meta = UpdateMeta(
             client_id=h.client_id,

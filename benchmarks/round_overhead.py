@@ -3,7 +3,8 @@
 One production aggregator process per (model size, N) (benchmarks.aggregator_process:
 the real server with a synthetic flat architecture). N lightweight clients run
 as threads of this process, each with its own gRPC channel (its own TCP
-connection), speaking the production wire format through the generated stubs:
+connection), speaking the production wire format through the production
+client's stub (fedser.v1.chunks.ChunkStub):
 
     round r:  all N clients are released together (barrier)
               PullModel(min_version=r-1)        the whole payload, streamed in 1 MiB chunks
@@ -51,6 +52,7 @@ from benchmarks.common import BenchAggregator, median, own_cpu_seconds, sig, sta
 from benchmarks.reference import loopback_seconds, weighted_sum_seconds
 from fedser.v1 import aggregator_pb2 as pb
 from fedser.v1 import aggregator_pb2_grpc as pb_grpc
+from fedser.v1.chunks import ChunkStub, chunk_of
 from aggregator_service.servicer import ServiceLimits
 from model.serialization import arrays_to_bytes, bytes_to_arrays, xxh3_hex
 
@@ -89,15 +91,18 @@ def tensor_offsets(payload: bytes | memoryview, name: str) -> tuple[int, int]:
     return 8 + n + start, 8 + n + end
 
 
-def iter_segment_chunks(segments: Sequence[memoryview | bytes], chunk: int = CHUNK_BYTES) -> Iterator[bytes]:
-    """Chunks of the concatenation of ``segments``, exactly as iter_chunks(b"".join(segments), chunk)."""
+def iter_segment_chunks(segments: Sequence[memoryview | bytes], chunk: int = CHUNK_BYTES) -> Iterator[bytes | memoryview]:
+    """Chunks of the concatenation of ``segments``, cut exactly as iter_chunks(b"".join(segments), chunk).
+
+    Whole chunks inside one segment are views (the chunk codec copies them once, as the production client's are).
+    """
     pending = bytearray()
     for seg in segments:
         view = memoryview(seg)
         pos = 0
         while pos < len(view):
             if not pending and len(view) - pos >= chunk:
-                yield bytes(view[pos : pos + chunk])
+                yield view[pos : pos + chunk]
                 pos += chunk
                 continue
             take = min(chunk - len(pending), len(view) - pos)
@@ -127,7 +132,7 @@ class RoundPayload:
     def client_small(self, k: int) -> np.ndarray:
         return (self.base_small + client_delta(k)).astype(np.float32)
 
-    def header_and_chunks(self, k: int, client_id: str) -> tuple[pb.UpdateHeader, Iterator[pb.PushUpdateRequest]]:
+    def header_and_chunks(self, k: int, client_id: str) -> tuple[pb.UpdateHeader, Iterator[pb.PushUpdateRequest | bytes | memoryview]]:
         tail = self.client_small(k).tobytes()
         h = self.prefix_hash.copy()
         h.update(tail)
@@ -138,10 +143,9 @@ class RoundPayload:
             encoding=pb.UPDATE_ENCODING_FLOAT32,
         )
 
-        def messages() -> Iterator[pb.PushUpdateRequest]:
+        def messages() -> Iterator[pb.PushUpdateRequest | bytes | memoryview]:
             yield pb.PushUpdateRequest(header=header)
-            for c in iter_segment_chunks((self.prefix, tail, self.suffix)):
-                yield pb.PushUpdateRequest(chunk=c)
+            yield from iter_segment_chunks((self.prefix, tail, self.suffix))  # raw chunks: fedser.v1.chunks
 
         return header, messages()
 
@@ -227,7 +231,7 @@ class Fleet:
         self.replies: list[pb.PushUpdateResponse] = []
         self._lock = threading.Lock()
 
-    def _pull(self, stub: pb_grpc.AggregatorStub, client_id: str, min_version: int, keep: bool) -> tuple[pb.ModelHeader, bytes | None]:
+    def _pull(self, stub: ChunkStub, client_id: str, min_version: int, keep: bool) -> tuple[pb.ModelHeader, bytes | None]:
         stream = stub.PullModel(pb.PullModelRequest(client_id=client_id, min_version=min_version, wait_seconds=30),
                                 timeout=RPC_TIMEOUT_S)
         first = next(stream)
@@ -237,11 +241,11 @@ class Fleet:
         if keep:
             buf = bytearray()
             for msg in stream:
-                buf += msg.chunk
+                buf += chunk_of(msg)
             return header, bytes(buf)
         got = 0
         for msg in stream:
-            got += len(msg.chunk)
+            got += len(chunk_of(msg))
         if got != header.total_bytes:
             raise VerificationError(f"{client_id}: pulled {got} of {header.total_bytes} bytes")
         return header, None
@@ -250,7 +254,7 @@ class Fleet:
         client_id = f"bench-{k:04d}"
         try:
             with grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS) as ch:
-                stub = pb_grpc.AggregatorStub(ch)
+                stub = ChunkStub(ch)  # what fedser-client uses
                 for r in range(1, self.rounds + 1):
                     self.start.wait()
                     t = self.times[r][k]
@@ -337,7 +341,7 @@ def run_combo(params: int, clients: int, rounds: int, workdir: Path, push_concur
         last = fleet.payloads[rounds]
         # The last round's result, checked outside the timed rounds.
         with grpc.insecure_channel(agg.target, options=CHANNEL_OPTIONS) as ch:
-            header, pulled = fleet._pull(pb_grpc.AggregatorStub(ch), "bench-verify", rounds, keep=True)
+            header, pulled = fleet._pull(ChunkStub(ch), "bench-verify", rounds, keep=True)
             with grpc.insecure_channel(agg.target) as ch2:
                 status = pb_grpc.AggregatorStub(ch2).GetStatus(pb.GetStatusRequest(), timeout=60)
         verify_global(bytes_to_arrays(pulled), last, clients, "final model")

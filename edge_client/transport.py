@@ -13,9 +13,9 @@ import numpy as np
 from edge_client.backoff import BackoffPolicy
 from edge_client.errors import ClientError
 from fedser.v1 import aggregator_pb2 as pb
-from fedser.v1 import aggregator_pb2_grpc as pb_grpc
+from fedser.v1.chunks import ChunkStub, chunk_of
 from model.eventlog import log_event
-from model.serialization import MalformedTensorsError, bytes_to_arrays, iter_chunks, sha256_hex, xxh3_hex
+from model.serialization import DEFAULT_CHUNK_BYTES, MalformedTensorsError, bytes_to_arrays, sha256_hex, xxh3_hex
 
 log = logging.getLogger("fedser.client")
 
@@ -24,6 +24,8 @@ T = TypeVar("T")
 # Codes that mean "try again later"; anything else is an answer.
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 MESSAGE_LIMIT = 8 << 20
+# A model this large is refused before any of it is buffered (a lying header must not cost the device memory).
+MAX_MODEL_BYTES = 4 << 30
 
 
 class Stopped(Exception):
@@ -58,25 +60,28 @@ class AggregatorClient:
         self._timeout = rpc_timeout_s
         self._rng = rng or random.Random()
         security = security or ChannelSecurity()
-        options = [
+        self._options = [
             ("grpc.max_receive_message_length", MESSAGE_LIMIT),
             ("grpc.max_send_message_length", MESSAGE_LIMIT),
         ]
         if security.server_name:
-            options.append(("grpc.ssl_target_name_override", security.server_name))
-        if security.root_ca is None:
-            self._channel = grpc.insecure_channel(target, options=options)
-        else:
-            creds = grpc.ssl_channel_credentials(
-                root_certificates=security.root_ca, private_key=security.key, certificate_chain=security.cert
-            )
-            self._channel = grpc.secure_channel(target, creds, options=options)
+            self._options.append(("grpc.ssl_target_name_override", security.server_name))
+        self._credentials = None if security.root_ca is None else grpc.ssl_channel_credentials(
+            root_certificates=security.root_ca, private_key=security.key, certificate_chain=security.cert
+        )
+        self._channel = self._open_channel()
         # The token rides on every call; it is never logged.
         self._metadata = (("authorization", f"Bearer {security.token}"),) if security.token else ()
-        self._stub = pb_grpc.AggregatorStub(self._channel)
+        self._stub = ChunkStub(self._channel)
         # Calls that had to be retried because the aggregator was unreachable: a
         # change tells the session the aggregator may have restarted.
         self.outages = 0
+
+    def _open_channel(self, extra: list[tuple[str, int]] | None = None) -> grpc.Channel:
+        options = self._options + (extra or [])
+        if self._credentials is None:
+            return grpc.insecure_channel(self.target, options=options)
+        return grpc.secure_channel(self.target, self._credentials, options=options)
 
     def close(self) -> None:
         self._channel.close()
@@ -107,17 +112,24 @@ class AggregatorClient:
         request = pb.PullModelRequest(client_id=client_id, min_version=min_version, wait_seconds=wait_s)
         stream = self._stub.PullModel(request, timeout=self._timeout + wait_s, metadata=self._metadata)
         first = next(stream, None)
-        if first is None or first.WhichOneof("payload") != "header":
+        if not isinstance(first, pb.PullModelResponse) or first.WhichOneof("payload") != "header":
             raise ClientError("aggregator sent a model stream without a header")
         header = first.header
         if header.payload_omitted:
             return PulledModel(header, None)
-        payload = bytearray()
+        if header.total_bytes > MAX_MODEL_BYTES:
+            raise ClientError(f"aggregator announced a model of {header.total_bytes} bytes, over the client's limit")
+        payload = bytearray(header.total_bytes)
+        filled = 0
         for msg in stream:
-            payload += msg.chunk
-            if len(payload) > header.total_bytes:
+            chunk = chunk_of(msg)
+            if chunk is None:
+                raise ClientError("aggregator sent something other than model bytes after the header")
+            if filled + len(chunk) > header.total_bytes:
                 raise ClientError("aggregator sent more model bytes than its header declared")
-        if len(payload) != header.total_bytes or not _checksum_matches(payload, header):
+            payload[filled : filled + len(chunk)] = chunk
+            filled += len(chunk)
+        if filled != header.total_bytes or not _checksum_matches(payload, header):
             raise ClientError("global model arrived damaged (size or checksum mismatch)")
         try:
             return PulledModel(header, bytes_to_arrays(bytes(payload)))
@@ -127,10 +139,11 @@ class AggregatorClient:
     def push(self, header: pb.UpdateHeader, payload: bytes) -> pb.PushUpdateResponse:
         """Stream the header, then the payload in chunks."""
 
-        def messages() -> Iterator[pb.PushUpdateRequest]:
+        def messages() -> Iterator[pb.PushUpdateRequest | memoryview]:
             yield pb.PushUpdateRequest(header=header)
-            for chunk in iter_chunks(payload):
-                yield pb.PushUpdateRequest(chunk=chunk)
+            view = memoryview(payload)
+            for start in range(0, len(view), DEFAULT_CHUNK_BYTES):
+                yield view[start : start + DEFAULT_CHUNK_BYTES]  # serialized by fedser.v1.chunks, one copy
 
         return self._stub.PushUpdate(messages(), timeout=self._timeout, metadata=self._metadata)
 

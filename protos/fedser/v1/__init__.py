@@ -1,1 +1,1 @@
-"""Generated fedser protocol code (see protos/fedser/v1/*.proto; regenerate with `make protos`)."""
+"""fedser protocol v1: code generated from aggregator.proto (`make protos`), and chunks.py, the hand-written chunk codec."""
