@@ -71,22 +71,39 @@ def check_tensors(arrays: Mapping[str, np.ndarray], layout: Mapping[str, TensorS
             raise InvalidUpdateError(
                 f"tensor {name}: shape {list(got.shape)}, expected {list(ref.shape)}", reason="tensor_shape"
             )
-    flags = np.empty(_BLOCK, dtype=bool)
     for name, got in arrays.items():
-        if got.dtype.kind == "f" and not _all_finite(got.reshape(-1), flags):
+        if got.dtype.kind == "f" and not all_finite(got.reshape(-1)):
             raise InvalidUpdateError(f"tensor {name} contains NaN or Inf", reason="non_finite")
 
 
 _BLOCK = 1 << 16
 
 
-def _all_finite(flat: np.ndarray, flags: np.ndarray) -> bool:
-    # Block by block into one small buffer: a whole-tensor np.isfinite would
-    # allocate a temporary of a quarter of the update's size on every push.
-    for start in range(0, flat.size, _BLOCK):
-        block = flat[start : start + _BLOCK]
-        out = flags[: block.size]
-        np.isfinite(block, out=out)
-        if not out.all():
-            return False
+def _read_only_zeros(dtype: type) -> np.ndarray:
+    zeros = np.zeros(_BLOCK, dtype=dtype)
+    zeros.flags.writeable = False
+    return zeros
+
+
+_ZEROS = {np.dtype(t): _read_only_zeros(t) for t in (np.float32, np.float64)}
+
+
+def all_finite(flat: np.ndarray) -> bool:
+    """True when no element of the 1-d float array ``flat`` is NaN or +-Inf."""
+    zeros = _ZEROS.get(flat.dtype)
+    if zeros is None:  # float16 and others: BLAS has no dot for them
+        flags = np.empty(min(_BLOCK, flat.size), dtype=bool)
+        for start in range(0, flat.size, _BLOCK):
+            out = flags[: min(_BLOCK, flat.size - start)]
+            np.isfinite(flat[start : start + _BLOCK], out=out)
+            if not out.all():
+                return False
+        return True
+    # x . 0 is exactly 0 when every x is finite and NaN otherwise (0 * Inf and 0 * NaN are NaN, and NaN
+    # propagates through the sum): one BLAS pass, a third cheaper than np.isfinite, and no temporary.
+    with np.errstate(invalid="ignore"):
+        for start in range(0, flat.size, _BLOCK):
+            block = flat[start : start + _BLOCK]
+            if np.dot(block, zeros[: block.size]) != 0.0:
+                return False
     return True
