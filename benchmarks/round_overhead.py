@@ -3,8 +3,9 @@
 One production aggregator process per (model size, N) (benchmarks.aggregator_process:
 the real server with a synthetic flat architecture). N lightweight clients run
 as threads of this process, each with its own gRPC channel (its own TCP
-connection), speaking the production wire format through the production
-client's stub (fedser.v1.chunks.ChunkStub):
+connection) for pulls and, as fedser-client does, a connection of its own for
+each push, closed after it; they speak the production wire format through the
+production client's stub (fedser.v1.chunks.ChunkStub):
 
     round r:  all N clients are released together (barrier)
               PullModel(min_version=r-1)        the whole payload, streamed in 1 MiB chunks
@@ -274,7 +275,10 @@ class Fleet:
                     update_header, messages = self.payloads[r].header_and_chunks(k, client_id)
                     with self.push_slots:
                         t.push_start = time.perf_counter()
-                        reply = stub.PushUpdate(messages, timeout=RPC_TIMEOUT_S)
+                        # As fedser-client does: the push on a connection of its own, closed after it
+                        # (edge_client.transport.AggregatorClient.push says why).
+                        with grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS) as push_channel:
+                            reply = ChunkStub(push_channel).PushUpdate(messages, timeout=RPC_TIMEOUT_S)
                         t.ack = time.perf_counter()
                     if not reply.accepted or reply.duplicate or reply.round != r:
                         raise VerificationError(f"{client_id}: push not accepted as new in round {r}: {reply}")

@@ -137,7 +137,14 @@ class AggregatorClient:
             raise ClientError(f"global model is not valid safetensors: {exc}") from None
 
     def push(self, header: pb.UpdateHeader, payload: bytes) -> pb.PushUpdateResponse:
-        """Stream the header, then the payload in chunks."""
+        """Stream the header, then the payload in chunks, on a connection of its own.
+
+        gRPC keeps a connection's read buffers as large as the biggest messages it
+        received until the connection closes: about a chunk (1 MiB) per connection on
+        the aggregator, for every device that pushed and then only long-polls. A
+        connection per push, closed when the push ends, returns that memory at once
+        (200 clients: ~180 MiB less at the aggregator; one handshake per round here).
+        """
 
         def messages() -> Iterator[pb.PushUpdateRequest | memoryview]:
             yield pb.PushUpdateRequest(header=header)
@@ -145,7 +152,9 @@ class AggregatorClient:
             for start in range(0, len(view), DEFAULT_CHUNK_BYTES):
                 yield view[start : start + DEFAULT_CHUNK_BYTES]  # serialized by fedser.v1.chunks, one copy
 
-        return self._stub.PushUpdate(messages(), timeout=self._timeout, metadata=self._metadata)
+        # Its own subchannel pool: grpc would otherwise hand back the long-poll's connection.
+        with self._open_channel([("grpc.use_local_subchannel_pool", 1)]) as channel:
+            return ChunkStub(channel).PushUpdate(messages(), timeout=self._timeout, metadata=self._metadata)
 
     def report(self, request: pb.ReportEvaluationRequest) -> pb.ReportEvaluationResponse:
         return self._stub.ReportEvaluation(request, timeout=self._timeout, metadata=self._metadata)
