@@ -61,8 +61,10 @@ class GridConfig:
     batch_sizes: tuple[int, ...] = (10, 20)
     local_epochs: tuple[int, ...] = (1, 5)
     partitions: tuple[str, ...] = ("speaker", "iid")
-    # 40 rounds: the E = 1 runs take the fewest optimiser steps per round and need them (docs/RESULTS.md).
+    # 40 rounds for E = 5; E = 1 runs take five times fewer optimiser steps per round (and cost a fifth
+    # of an E = 5 round), so the reduced grid gives them 80 to converge (docs/RESULTS.md).
     rounds: int = 40
+    rounds_for: tuple[tuple[int, int], ...] = ((1, 80),)  # (E, rounds) that differ from ``rounds``
     learning_rate: float = 1e-3  # the seed's; 2e-3 made a by-speaker K = 5, B = 10, E = 1 run collapse
     alpha: float = 0.5
     # 30 synthetic speakers, 12 held out (336 files, twice the old 6): less noise on every score;
@@ -74,6 +76,11 @@ class GridConfig:
     central: bool = True
     data: Path | None = None
     out: Path = Path("results/simulate")
+
+
+    def rounds_of(self, local_epochs: int) -> int:
+        """Rounds of the runs with ``local_epochs`` (federated and central alike: the same budget)."""
+        return dict(self.rounds_for).get(local_epochs, self.rounds)
 
 
 @dataclass
@@ -204,13 +211,14 @@ def run_federated(cfg: GridConfig, pool: Pool, kind: str, k: int, b: int, e: int
     """One federated run through the production aggregator and client loop."""
     arch = get_architecture(cfg.architecture)
     result = RunResult(f"{kind}-K{k}-B{b}-E{e}", kind, k, b, e)
+    rounds = cfg.rounds_of(e)
     parts = partition(kind, pool.y, pool.speakers, k, cfg.seed, cfg.alpha)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fedser-sim-") as tmp:
         running = start(AggregatorConfig(
             host="127.0.0.1", port=0, metrics_port=0, checkpoint_dir=Path(tmp), insecure=True,
             architecture=arch.id, seed=cfg.seed, max_workers=max(16, 4 * k),
-            rounds=RoundConfig(clients_per_round=k, min_clients=k, round_timeout_s=3600, max_rounds=cfg.rounds,
+            rounds=RoundConfig(clients_per_round=k, min_clients=k, round_timeout_s=3600, max_rounds=rounds,
                                plan=TrainingPlan(e, b, cfg.learning_rate)),
         ))
         stop = threading.Event()
@@ -226,7 +234,7 @@ def run_federated(cfg: GridConfig, pool: Pool, kind: str, k: int, b: int, e: int
             transport = AggregatorClient(target, stop, BackoffPolicy(max_s=1.0))
             try:
                 session = _TurnTakingSession(
-                    i, turns, SessionConfig(f"sim-{i}", cfg.rounds, torch.device("cpu"), cfg.seed + i, arch.id),
+                    i, turns, SessionConfig(f"sim-{i}", rounds, torch.device("cpu"), cfg.seed + i, arch.id),
                     data, arch.classes, transport, stop)
                 session.run()
             except BaseException as exc:  # surfaced after the run
@@ -241,7 +249,7 @@ def run_federated(cfg: GridConfig, pool: Pool, kind: str, k: int, b: int, e: int
             clients.append(t)
         evaluator = AggregatorClient(target, stop, BackoffPolicy(max_s=1.0))
         try:
-            for version in range(cfg.rounds + 1):
+            for version in range(rounds + 1):
                 pulled = evaluator.pull("evaluator", min_version=version, wait_s=30)
                 while pulled.arrays is None and not stop.is_set():
                     pulled = evaluator.pull("evaluator", min_version=version, wait_s=30)
@@ -268,7 +276,7 @@ def run_central(cfg: GridConfig, pool: Pool, b: int, e: int) -> RunResult:
     model = build_model(arch.id, seed=cfg.seed)
     started = time.monotonic()
     result.rows.append(_score(model, pool, len(arch.classes), 0, 0.0))
-    for r in range(1, cfg.rounds + 1):
+    for r in range(1, cfg.rounds_of(e) + 1):
         # A fresh optimizer per E epochs, as each federated round starts one: the same budget.
         train_local(model, pool.x, pool.y, TrainingPlan(e, b, cfg.learning_rate), torch.device("cpu"), seed=cfg.seed + r)
         result.rows.append(_score(model, pool, len(arch.classes), r, time.monotonic() - started))
@@ -439,7 +447,7 @@ def run_grid(cfg: GridConfig, jobs: int = 1) -> int:
     _quiet()
     started = time.monotonic()
     print(f"fedser simulate: partitions {', '.join(cfg.partitions)}; K {cfg.clients}, B {cfg.batch_sizes}, "
-          f"E {cfg.local_epochs}; {cfg.rounds} rounds; learning rate {cfg.learning_rate:g}; {cfg.architecture}",
+          f"E {cfg.local_epochs}; {rounds_text(cfg)}; learning rate {cfg.learning_rate:g}; {cfg.architecture}",
           flush=True)
     pool = load_pool(cfg)
     print(f"  pool: {len(pool.y)} training files from {len(set(pool.speakers))} speakers; "
@@ -485,7 +493,7 @@ def run_grid(cfg: GridConfig, jobs: int = 1) -> int:
               for f in ("ru_utime", "ru_stime"))
     summary = [line for line in (gap_summary(results, central, "speaker"), gap_summary(results, central, "iid"))
                if line]
-    footer = (f"{cfg.rounds} rounds, learning rate {cfg.learning_rate:g}, {cfg.architecture}; "
+    footer = (f"{rounds_text(cfg)}, learning rate {cfg.learning_rate:g}, {cfg.architecture}; "
               f"{len(pool.y)} training files ({len(set(pool.speakers))} speakers), {len(pool.test_y)} held out "
               f"({pool.test_speakers} speakers). Wall {wall / 60:.1f} min, CPU {cpu / 60:.1f} min, {jobs} job(s) "
               f"on {os.cpu_count()} CPUs; 1-minute load average during the run: {load.summary()}.")
@@ -497,8 +505,26 @@ def run_grid(cfg: GridConfig, jobs: int = 1) -> int:
     return 0
 
 
+def rounds_text(cfg: GridConfig) -> str:
+    """'40 rounds' or '40 rounds (E = 1: 80)' for the grid's E values."""
+    special = [(e, r) for e, r in cfg.rounds_for if e in cfg.local_epochs and r != cfg.rounds]
+    if len(special) == len(cfg.local_epochs):
+        return ", ".join(f"E = {e}: {r} rounds" for e, r in special)
+    extra = "; ".join(f"E = {e}: {r}" for e, r in special)
+    return f"{cfg.rounds} rounds" + (f" ({extra})" if extra else "")
+
+
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(","))
+
+
+def _rounds_for(text: str) -> tuple[tuple[int, int], ...]:
+    """'1=80,5=40' -> ((1, 80), (5, 40)); '' -> ()."""
+    pairs = []
+    for item in (x for x in text.split(",") if x):
+        e, _, r = item.partition("=")
+        pairs.append((int(e), int(r)))
+    return tuple(pairs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -509,7 +535,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--local-epochs", type=_ints, default=d.local_epochs, help="E values (default: 1,5)")
     p.add_argument("--partitions", default=",".join(d.partitions),
                    help=f"comma-separated, from {', '.join(PARTITIONS)} (default: %(default)s)")
-    p.add_argument("--rounds", type=int, default=d.rounds, help="rounds per run (default: %(default)s; the seed: 200)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help=f"rounds per run (default: {d.rounds}, but see --rounds-for; the seed: 200 for all)")
+    p.add_argument("--rounds-for", type=_rounds_for, default=None, metavar="E=R[,E=R]",
+                   help="rounds for the runs with E local epochs, where they differ from --rounds "
+                        f"(default: {','.join(f'{e}={r}' for e, r in d.rounds_for)} unless --rounds is given)")
     p.add_argument("--full", action="store_true", help="the seed's full grid: 200 rounds, all three partitions")
     p.add_argument("--learning-rate", type=float, default=d.learning_rate,
                    help="Adam's, for the clients and the central baseline alike (default: %(default)s)")
@@ -530,15 +560,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [x for x in partitions if x not in PARTITIONS]
     if unknown:
         p.error(f"unknown partition(s) {unknown}; known: {', '.join(PARTITIONS)}")
-    if a.rounds < 1 or min(a.clients) < 1 or min(a.batch_sizes) < 1 or min(a.local_epochs) < 1:
-        p.error("--rounds, --clients, --batch-sizes and --local-epochs must be >= 1")
+    rounds_for = a.rounds_for
+    rounds = 200 if a.full else (a.rounds if a.rounds is not None else d.rounds)
+    if rounds_for is None:
+        # An explicit --rounds (or --full) means that many rounds for every E.
+        rounds_for = () if a.full or a.rounds is not None else d.rounds_for
+    if rounds < 1 or min(a.clients) < 1 or min(a.batch_sizes) < 1 or min(a.local_epochs) < 1 or \
+            any(r < 1 for _, r in rounds_for):
+        p.error("--rounds, --rounds-for, --clients, --batch-sizes and --local-epochs must be >= 1")
     if a.jobs < 1:
         p.error("--jobs must be >= 1")
     if not 0.0 < a.heldout_fraction < 1.0:
         p.error("--heldout-fraction must be in (0, 1)")
     cfg = GridConfig(
         clients=a.clients, batch_sizes=a.batch_sizes, local_epochs=a.local_epochs, partitions=partitions,
-        rounds=200 if a.full else a.rounds, learning_rate=a.learning_rate, alpha=a.alpha, actors=a.actors,
+        rounds=rounds, rounds_for=rounds_for, learning_rate=a.learning_rate, alpha=a.alpha, actors=a.actors,
         heldout_fraction=a.heldout_fraction,
         architecture=a.architecture, seed=a.seed, central=not a.no_central, data=a.data, out=a.out,
     )

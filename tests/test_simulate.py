@@ -59,3 +59,24 @@ def test_pool_uses_only_the_actors_asked_for(tmp_path: Path) -> None:
     assert len(set(small.speakers)) + small.test_speakers == 3
     assert "actor04" not in small.speakers
     assert len(small.y) + len(small.test_y) == 3 * 28  # the seed classes: 4 neutral + 3 x 8 per actor
+
+
+def test_rounds_for_gives_each_e_its_own_rounds_for_fl_and_central_alike(tmp_path: Path) -> None:
+    """The reduced grid gives E = 1 runs more rounds than E = 2 ones; each central baseline follows its E."""
+    out = tmp_path / "sim"
+    assert main(["--clients", "2", "--batch-sizes", "16", "--local-epochs", "1,2", "--partitions", "speaker",
+                 "--rounds", "1", "--rounds-for", "1=3", "--actors", "6", "--out", str(out)]) == 0
+    lengths = {name: len((out / "runs" / f"{name}.csv").read_text().splitlines()) - 1
+               for name in ("central-B16-E1", "speaker-K2-B16-E1", "central-B16-E2", "speaker-K2-B16-E2")}
+    assert lengths == {"central-B16-E1": 4, "speaker-K2-B16-E1": 4, "central-B16-E2": 2, "speaker-K2-B16-E2": 2}
+    assert "1 rounds (E = 1: 3), learning rate" in (out / "results.md").read_text()
+
+
+def test_default_rounds_and_what_an_explicit_rounds_means() -> None:
+    from experiments.simulate import GridConfig, rounds_text
+
+    d = GridConfig()
+    assert (d.rounds_of(1), d.rounds_of(5)) == (80, 40)
+    assert rounds_text(d) == "40 rounds (E = 1: 80)"
+    assert rounds_text(GridConfig(local_epochs=(5,))) == "40 rounds"
+    assert rounds_text(GridConfig(local_epochs=(1,))) == "E = 1: 80 rounds"
