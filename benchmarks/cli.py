@@ -33,17 +33,17 @@ MODES: dict[str, dict[str, object]] = {
     "quick": {
         "combos": [(SMALL, 10), (SMALL, 50), (LARGE, 10)],
         "rounds": 3, "reference_reps": 1, "actors": 2, "train_seconds": 1.5, "wire_sizes": [LARGE],
-        "compression_rounds": 0,
+        "compression_rounds": 0, "feature_passes": 2,
     },
     "default": {
         "combos": [(p, n) for p in (SMALL, LARGE) for n in (10, 50, 200)],
         "rounds": 5, "reference_reps": 3, "actors": 8, "train_seconds": 8.0, "wire_sizes": [SMALL, LARGE],
-        "compression_rounds": 40,
+        "compression_rounds": 40, "feature_passes": 5,
     },
     "full": {
         "combos": [(p, n) for p in (SMALL, LARGE) for n in (10, 50, 200)],
         "rounds": 5, "reference_reps": 5, "actors": 24, "train_seconds": 20.0, "wire_sizes": [SMALL, LARGE],
-        "compression_rounds": 40,
+        "compression_rounds": 40, "feature_passes": 7,
     },
 }
 ALL_COMBOS = MODES["full"]["combos"]
@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "none; the aggregator bounds the pushes it reads by its receive buffers)")
     p.add_argument("--reference-reps", type=int, help="repetitions of each reference measurement (median)")
     p.add_argument("--actors", type=int, help="synthetic actors of the feature corpus (36 files each)")
+    p.add_argument("--feature-passes", type=int, help="interleaved passes of every feature pipeline (median; "
+                   "default 5, --quick 2, --full 7)")
     p.add_argument("--no-librosa", action="store_true", help="skip the seed's librosa pipeline")
     p.add_argument("--train-seconds", type=float, help="target seconds of each timed training run")
     p.add_argument("--compression-rounds", type=int,
@@ -109,11 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     rounds = a.rounds or cfg["rounds"]
     reps = a.reference_reps or cfg["reference_reps"]
     actors = a.actors or cfg["actors"]
+    feature_passes = a.feature_passes or cfg["feature_passes"]
     train_s = a.train_seconds if a.train_seconds is not None else cfg["train_seconds"]
     wire_sizes = a.wire_sizes if a.wire_sizes is not None else cfg["wire_sizes"]
     compression_rounds = a.compression_rounds if a.compression_rounds is not None else cfg["compression_rounds"]
-    if min([rounds, reps, actors]) < 1 or any(p <= 64 for p, _ in combos) or any(n < 1 for _, n in combos):
-        parser.error("rounds, reference reps and actors must be >= 1, params > 64, clients >= 1")
+    if min([rounds, reps, actors, feature_passes]) < 1 or any(p <= 64 for p, _ in combos) or any(n < 1 for _, n in combos):
+        parser.error("rounds, reference reps, actors and feature passes must be >= 1, params > 64, clients >= 1")
 
     started = datetime.now(timezone.utc)
     name = a.name or f"{mode}-{started.strftime('%Y%m%dT%H%M%SZ')}"
@@ -125,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "command": "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv),
             "machine": machine_info(),
             "settings": {"sections": only, "combos": combos, "rounds": rounds, "reference_reps": reps,
-                         "actors": actors, "train_seconds": train_s, "wire_sizes": wire_sizes,
+                         "actors": actors, "feature_passes": feature_passes, "train_seconds": train_s, "wire_sizes": wire_sizes,
                          "compression_rounds": compression_rounds,
                          "push_concurrency": a.push_concurrency},
             "note": a.note,
@@ -157,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             log(f"features: {actors} actors")
             sections["features"] = _guard(failures, "features",
-                                          lambda: features_bench.run(workdir, actors, not a.no_librosa, log=log))
+                                          lambda: features_bench.run(workdir, actors, not a.no_librosa,
+                                                                             feature_passes, log=log))
         if "train" in only:
             from benchmarks import training_bench
 

@@ -26,12 +26,13 @@ from __future__ import annotations
 import importlib
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from benchmarks.common import sig
+from benchmarks.common import median, sig
 
 BATCH = 64
 SEED_SR, SEED_OFFSET_S, SEED_DURATION_S, SEED_N_MFCC = 22050, 0.5, 2.25, 40
@@ -86,7 +87,25 @@ def feature_cache_class():
         return None
 
 
-def run(workdir: Path, actors: int, use_librosa: bool = True, log=print) -> dict[str, object]:
+@dataclass
+class _Pipeline:
+    """One row of the table: how to run it over the whole corpus, and what each pass measured."""
+
+    name: str
+    preset: str
+    run: Callable[[], np.ndarray]
+    note: Callable[[], str] = lambda: ""
+    setup: Callable[[], None] = lambda: None  # untimed, before each pass (a new cache folder, thread count)
+    warm: Callable[[], object] | None = None  # untimed, once: imports, JIT, FFT plans, allocator
+    extra: dict[str, object] = field(default_factory=dict)
+    seconds: list[float] = field(default_factory=list)
+    output: np.ndarray | None = None
+
+
+def run(workdir: Path, actors: int, use_librosa: bool = True, reps: int = 5, log=print) -> dict[str, object]:
+    """Every pipeline ``reps`` times, interleaved (librosa, then each fedser row, then again), so that the
+    machine's drift hits all rows alike; each row reports its median pass and the median of its per-pass
+    ratios to the librosa pass of the same repetition."""
     import torch
 
     from model.features import PRESETS, get_preset
@@ -99,87 +118,124 @@ def run(workdir: Path, actors: int, use_librosa: bool = True, log=print) -> dict
     root = Path(tempfile.mkdtemp(prefix="features-", dir=workdir))
     paths, gen_s = generate(root / "corpus", actors)
     n = len(paths)
-    log(f"  [features] corpus: {actors} actors, {n} files in {gen_s:.1f} s")
-    rows: list[dict] = []
-
-    seed_feats = None
+    log(f"  [features] corpus: {actors} actors, {n} files in {gen_s:.1f} s; {reps} interleaved passes per row")
+    skipped: list[dict] = []
+    pipelines: list[_Pipeline] = []
+    seed_name = "seed's way: librosa, file by file"
     if not use_librosa:
-        rows.append(_row("seed's way: librosa, file by file", "seed", n, None, "skipped (--no-librosa)"))
+        skipped.append(_row(seed_name, "seed", n, None, "skipped (--no-librosa)"))
     else:
         try:
-            import librosa  # noqa: F401
+            import librosa
         except ImportError:
-            rows.append(_row("seed's way: librosa, file by file", "seed", n, None,
-                             "n/a (librosa not installed: pip install -e '.[bench]')"))
+            skipped.append(_row(seed_name, "seed", n, None, "n/a (librosa not installed: pip install -e '.[bench]')"))
         else:
-            try:
-                _, first = _timed(lambda: seed_way(paths[:4]))
-                seed_feats, s = _timed(lambda: seed_way(paths))
-            except Exception as exc:  # a broken librosa install must not cost fedser's rows
-                rows.append(_row("seed's way: librosa, file by file", "seed", n, None, f"failed: {exc!r}"[:200]))
-            else:
-                rows.append(_row("seed's way: librosa, file by file", "seed", n, s, first_call_s=round(first, 3),
-                                 librosa_version=librosa.__version__))
-                log(f"  [features] librosa: {n / s:.1f} files/s")
+            pipelines.append(_Pipeline(seed_name, "seed", lambda: seed_way(paths), warm=lambda: seed_way(paths[:4]),
+                                       extra={"librosa_version": librosa.__version__}))
 
     cache_cls = feature_cache_class()
     default_threads = torch.get_num_threads()
     thread_counts = [default_threads] + ([1] if default_threads > 1 else [])
+
+    def set_threads(k: int) -> Callable[[], None]:
+        return lambda: torch.set_num_threads(k)
+
     for name in PRESETS:
         preset = get_preset(name)
         for threads in thread_counts:
-            torch.set_num_threads(threads)
-            _, first = _timed(lambda: preset.extract_files(paths[:BATCH]))
-            feats, s = _timed(lambda: batched(preset.extract_files, paths))
-            extra: dict[str, object] = {"first_call_s": round(first, 3), "batch": BATCH, "torch_threads": threads}
-            if name == "seed" and seed_feats is not None and seed_feats.shape == feats.reshape(n, -1).shape:
-                # Same features two ways (soxr vs torchaudio resampling): how far apart, in the MFCC-mean's units.
-                diff = np.abs(seed_feats - feats.reshape(n, -1))
-                extra["max_abs_diff_vs_librosa"] = round(float(diff.max()), 4)
-                extra["mean_abs_diff_vs_librosa"] = round(float(diff.mean()), 4)
             if extraction_workers is not None:
-                workers = extraction_workers()
-                how = (f"{workers} worker thread{'s' if workers > 1 else ''} x 1 torch thread, "
-                       f"{CHUNK_FILES}-file chunks")
+                workers = min(threads, extraction_workers()) if threads > 1 else 1
+                how = f"{workers} worker thread{'s' if workers > 1 else ''} x 1 torch thread, {CHUNK_FILES}-file chunks"
             else:
                 how = f"torch intra-op threads {threads}"
-            rows.append(_row(f"fedser: torchaudio, batched, {threads} thread{'s' if threads > 1 else ''}",
-                             name, n, s, how, **extra))
-            log(f"  [features] fedser {name} ({threads} thread{'s' if threads > 1 else ''}): {n / s:.1f} files/s")
-        torch.set_num_threads(default_threads)
+            pipe = _Pipeline(f"fedser: torchaudio, batched, {threads} thread{'s' if threads > 1 else ''}", name,
+                             lambda preset=preset: batched(preset.extract_files, paths), note=lambda how=how: how,
+                             setup=set_threads(threads), extra={"batch": BATCH, "torch_threads": threads},
+                             warm=lambda preset=preset: preset.extract_files(paths[:BATCH]))
+            pipelines.append(pipe)
         if cache_cls is None:
-            rows.append(_row("fedser + feature cache, cold", name, n, None, "n/a (cache not yet available)"))
-            rows.append(_row("fedser + feature cache, warm", name, n, None, "n/a (cache not yet available)"))
-            continue
-        folder = root / f"cache-{name}"
-        try:
-            cold_cache = cache_cls(folder, batch_size=BATCH)
-            cold, s_cold = _timed(lambda: cold_cache.extract(paths, preset))
-            warm_cache = cache_cls(folder, batch_size=BATCH)  # a new object: nothing in memory, all from disk
-            warm, s_warm = _timed(lambda: warm_cache.extract(paths, preset))
-        except Exception as exc:  # the cache is being written beside this harness; its API may move
             for when in ("cold", "warm"):
-                rows.append(_row(f"fedser + feature cache, {when}", name, n, None, f"failed: {exc!r}"[:200]))
+                skipped.append(_row(f"fedser + feature cache, {when}", name, n, None, "n/a (cache not yet available)"))
             continue
-        same = bool(np.array_equal(cold, warm))
+        state: dict[str, object] = {"pass": 0}
 
-        def hashed(cache) -> str:
-            k = getattr(cache, "last_hashed", None)
-            return "" if k is None else f"hashed {k} of {n} files (the rest: stat index)"
+        def new_folder(state=state, name=name) -> None:
+            torch.set_num_threads(default_threads)
+            state["pass"] = int(state["pass"]) + 1  # type: ignore[arg-type]
+            state["folder"] = root / f"cache-{name}-{state['pass']}"
 
-        rows.append(_row("fedser + feature cache, cold", name, n, s_cold, hashed(cold_cache),
-                         hits=getattr(cold_cache, "hits", None), misses=getattr(cold_cache, "misses", None)))
-        warm_note = "; ".join(x for x in (hashed(warm_cache), "" if same else "WARM ROWS DIFFER") if x)
-        rows.append(_row("fedser + feature cache, warm", name, n, s_warm, warm_note,
-                         hits=getattr(warm_cache, "hits", None), misses=getattr(warm_cache, "misses", None)))
-        log(f"  [features] cache {name}: cold {n / s_cold:.1f}, warm {n / s_warm:.1f} files/s")
+        def cold(state=state, preset=preset) -> np.ndarray:
+            state["cold"] = cache_cls(state["folder"], batch_size=BATCH)
+            return state["cold"].extract(paths, preset)  # type: ignore[union-attr]
 
-    seed_rate = next((r["files_per_s"] for r in rows if r["pipeline"].startswith("seed's way") and r["files_per_s"]), None)
+        def warm(state=state, preset=preset) -> np.ndarray:
+            state["warm"] = cache_cls(state["folder"], batch_size=BATCH)  # a new object: all from disk
+            return state["warm"].extract(paths, preset)  # type: ignore[union-attr]
+
+        def hashed(key: str, state=state) -> Callable[[], str]:
+            def note() -> str:
+                k = getattr(state.get(key), "last_hashed", None)
+                return "" if k is None else f"hashed {k} of {n} files (the rest: stat index)"
+            return note
+
+        # Warm runs right after its cold pass, over the folder that pass filled.
+        pipelines.append(_Pipeline("fedser + feature cache, cold", name, cold, note=hashed("cold"), setup=new_folder))
+        pipelines.append(_Pipeline("fedser + feature cache, warm", name, warm, note=hashed("warm"),
+                                   setup=set_threads(default_threads)))
+
+    for pipe in pipelines:
+        pipe.setup()
+        if pipe.warm is not None:
+            _, first = _timed(pipe.warm)
+            pipe.extra["first_call_s"] = round(first, 3)
+    try:
+        for rep in range(reps):
+            for pipe in pipelines:
+                pipe.setup()
+                try:
+                    out, s = _timed(pipe.run)
+                except Exception as exc:  # a broken librosa or cache must not cost the other rows
+                    pipe.extra["failed"] = f"failed: {exc!r}"[:200]
+                    continue
+                pipe.seconds.append(s)
+                if pipe.output is None:
+                    pipe.output = out
+            log(f"  [features] pass {rep + 1}/{reps}: " + ", ".join(
+                f"{p.preset} {p.name.split(':')[0].split(',')[0]}: {n / p.seconds[-1]:.0f}/s"
+                for p in pipelines if p.seconds and len(p.seconds) == rep + 1)[:400])
+    finally:
+        torch.set_num_threads(default_threads)
+
+    seed = next((p for p in pipelines if p.name == seed_name and p.seconds), None)
+    rows: list[dict] = []
+    for pipe in pipelines:
+        if not pipe.seconds:
+            rows.append(_row(pipe.name, pipe.preset, n, None, str(pipe.extra.get("failed", "not measured"))))
+            continue
+        extra = dict(pipe.extra)
+        extra["passes_s"] = [sig(x) for x in pipe.seconds]
+        if seed is not None and len(seed.seconds) == len(pipe.seconds):
+            extra["speedup_vs_seed_way"] = round(median([a / b for a, b in zip(seed.seconds, pipe.seconds)]), 2)
+        if pipe.preset == "seed" and seed is not None and pipe is not seed and pipe.output is not None \
+                and seed.output is not None and seed.output.shape == pipe.output.reshape(n, -1).shape:
+            # Same features two ways (soxr vs torchaudio resampling): how far apart, in the MFCC-mean's units.
+            diff = np.abs(seed.output - pipe.output.reshape(n, -1))
+            extra["max_abs_diff_vs_librosa"] = round(float(diff.max()), 4)
+            extra["mean_abs_diff_vs_librosa"] = round(float(diff.mean()), 4)
+        if pipe.name.endswith("warm"):
+            cold_out = next((p.output for p in pipelines if p.preset == pipe.preset and p.name.endswith("cold")), None)
+            if cold_out is not None and pipe.output is not None and not np.array_equal(cold_out, pipe.output):
+                extra["note_suffix"] = "WARM ROWS DIFFER"
+        note = "; ".join(x for x in (pipe.note(), str(extra.pop("note_suffix", ""))) if x)
+        rows.append(_row(pipe.name, pipe.preset, n, median(pipe.seconds), note, **extra))
+    rows += skipped
     for r in rows:
-        r["speedup_vs_seed_way"] = round(r["files_per_s"] / seed_rate, 2) if seed_rate and r["files_per_s"] else None
+        if "speedup_vs_seed_way" not in r:
+            r["speedup_vs_seed_way"] = 1.0 if r["pipeline"] == seed_name and r["files_per_s"] else None
     return {
         "actors": actors,
         "files": n,
+        "passes": reps,
         "corpus_generation_s": round(gen_s, 2),
         "torch_threads": default_threads,
         "feature_cache_available": cache_cls is not None,

@@ -93,7 +93,10 @@ def render(result: dict[str, Any]) -> str:
     if "features" in sec:
         f = sec["features"]
         lines += ["", f"## 3. Feature extraction ({f['files']} files, {f['actors']} synthetic actors, "
-                  f"torch default threads {f['torch_threads']}; feature cache rows at the default)", ""]
+                  f"torch default threads {f['torch_threads']}; feature cache rows at the default)", "",
+                  f"Every row ran {f.get('passes', 1)} times, interleaved with the others (librosa, fedser, ..., then "
+                  "again); files/s is of the median pass, 'x seed's way' the median of the per-pass ratios to the "
+                  "librosa pass of the same repetition.", ""]
         lines += _table(
             ["pipeline", "preset", "files/s", "x seed's way", "seconds", "note"],
             [(row["pipeline"], row["preset"], row["files_per_s"], row["speedup_vs_seed_way"], row["seconds"],

@@ -57,6 +57,9 @@ def test_quick_harness_on_the_smallest_settings_writes_json_and_table(tmp_path: 
     measured = [r for r in features["rows"] if r["files_per_s"] is not None]
     assert {r["preset"] for r in measured} >= {"seed"}
     assert all(_positive(r["files_per_s"]) and _positive(r["seconds"]) for r in measured)
+    # --quick: every row twice, interleaved; the row is the median pass.
+    assert features["passes"] == 2 and all(len(r["passes_s"]) == 2 for r in measured)
+    assert all(min(r["passes_s"]) <= r["seconds"] <= max(r["passes_s"]) for r in measured)
     assert any(r["pipeline"].startswith("seed's way") and r["files_per_s"] is None for r in features["rows"])
 
     train = result["sections"]["train"]["rows"]
