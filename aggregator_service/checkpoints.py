@@ -37,6 +37,8 @@ from model.serialization import (
 log = logging.getLogger("fedser.checkpoints")
 
 _NAME = re.compile(r"^global-v(\d{8})\.safetensors$")
+_MOMENTUM = re.compile(r"^momentum-v(\d{8})\.safetensors$")
+MOMENTUM_KEEP = 2
 
 # For each tensor name, in the payload's order: its float32 values, in blocks.
 BlockSource = Callable[[str], Iterator[np.ndarray]]
@@ -123,9 +125,10 @@ class CheckpointStore:
 
     def _remove_stale_temp_files(self) -> None:
         # One aggregator writes a folder; a temp file found at start is a write a crash cut short.
-        for entry in self.directory.glob(".global-v*.safetensors.tmp-*"):
-            log_event(log, "checkpoint_temp_removed", logging.WARNING, file=entry.name)
-            entry.unlink(missing_ok=True)
+        for pattern in (".global-v*.safetensors.tmp-*", ".momentum-v*.safetensors.tmp-*"):
+            for entry in self.directory.glob(pattern):
+                log_event(log, "checkpoint_temp_removed", logging.WARNING, file=entry.name)
+                entry.unlink(missing_ok=True)
 
     def path_for(self, version: int) -> Path:
         return self.directory / f"global-v{version:08d}.safetensors"
@@ -161,9 +164,34 @@ class CheckpointStore:
         final = self._commit(version, write)
         return _file_backed(version, meta, sha.hexdigest(), xxh.hexdigest(), layout.size, final)
 
-    def _commit(self, version: int, write: Callable[[object], object]) -> Path:
+    def momentum_path(self, version: int) -> Path:
+        return self.directory / f"momentum-v{version:08d}.safetensors"
+
+    def save_momentum(self, version: int, arrays: Mapping[str, np.ndarray]) -> Path:
+        """The server-momentum buffer that produced ``version``, written atomically; keeps the newest two."""
+        payload = arrays_to_bytes(arrays, {"model_version": str(version)})
+        path = self._commit(version, lambda fh: fh.write(payload), self.momentum_path(version))
+        for old in sorted(self._numbered(_MOMENTUM))[:-MOMENTUM_KEEP]:
+            self.momentum_path(old).unlink(missing_ok=True)
+        return path
+
+    def load_momentum(self, version: int) -> dict[str, np.ndarray] | None:
+        """The buffer saved with ``version``; None when there is none or it is damaged (logged)."""
+        path = self.momentum_path(version)
+        if not path.exists():
+            return None
+        try:
+            arrays, metadata = view_arrays(path.read_bytes())
+            if metadata.get("model_version") != str(version):
+                raise MalformedTensorsError(f"metadata says version {metadata.get('model_version')!r}")
+        except (MalformedTensorsError, OSError) as exc:
+            log_event(log, "momentum_skipped", logging.WARNING, version=version, reason=str(exc))
+            return None
+        return {k: np.array(v) for k, v in arrays.items()}
+
+    def _commit(self, version: int, write: Callable[[object], object], final: Path | None = None) -> Path:
         """Temp file, fsync, rename, fsync folder, prune."""
-        final = self.path_for(version)
+        final = final or self.path_for(version)
         tmp = self.directory / f".{final.name}.tmp-{os.getpid()}"
         try:
             with open(tmp, "wb") as fh:
@@ -184,12 +212,10 @@ class CheckpointStore:
 
     def versions(self) -> list[int]:
         """Stored versions, oldest first (temporary files are never listed)."""
-        found = []
-        for entry in self.directory.iterdir():
-            m = _NAME.match(entry.name)
-            if m:
-                found.append(int(m.group(1)))
-        return sorted(found)
+        return self._numbered(_NAME)
+
+    def _numbered(self, pattern: re.Pattern[str]) -> list[int]:
+        return sorted(int(m.group(1)) for entry in self.directory.iterdir() if (m := pattern.match(entry.name)))
 
     def load(self, version: int) -> Checkpoint:
         """Verify one version (read once, parsed, checksummed) and return it backed by its file."""

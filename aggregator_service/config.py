@@ -85,6 +85,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--aggregation", str, r.aggregation, "fedavg (streaming), trimmed-mean or median (hold K updates)")
     add("--trim-fraction", float, r.trim_fraction, "share trimmed from each end by trimmed-mean")
     add("--clip-norm", float, r.clip_norm, "clip each update's L2 distance from the global model; 0: off")
+    add("--server-momentum", float, r.server_momentum,
+        "FedAvgM: momentum of the server's step, in [0, 1); 0 with --server-learning-rate 1 is plain FedAvg")
+    add("--server-learning-rate", float, r.server_learning_rate, "FedAvgM: scale of the server's step")
     add("--tls-cert", Path, None, "PEM server certificate (chain)")
     add("--tls-key", Path, None, "PEM private key of the server certificate")
     add("--tls-client-ca", Path, None, "PEM CA of client certificates: turns on mutual TLS")
@@ -133,6 +136,8 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
             aggregation=a.aggregation,
             trim_fraction=a.trim_fraction,
             clip_norm=a.clip_norm,
+            server_momentum=a.server_momentum,
+            server_learning_rate=a.server_learning_rate,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -25,6 +25,7 @@ from aggregator_service.errors import (
 from aggregator_service.evaluations import EvalMetrics, check_report, pool
 from aggregator_service.fedavg import FedAvgAccumulator
 from aggregator_service.robust import Aggregator, StackedAggregator, clip_update
+from aggregator_service.server_momentum import ServerMomentum
 from aggregator_service.validation import check_identifier, check_num_samples
 from model.encodings import Encoding, TensorSpec, decode_terms, decode_weights
 from model.plan import TrainingPlan
@@ -47,6 +48,9 @@ class RoundConfig:
     aggregation: str = "fedavg"
     trim_fraction: float = 0.1
     clip_norm: float = 0.0  # > 0: clip each update's distance from the global model
+    # FedAvgM (aggregator_service/server_momentum.py); 0 and 1: plain FedAvg, exactly.
+    server_momentum: float = 0.0
+    server_learning_rate: float = 1.0
 
     def __post_init__(self) -> None:
         if self.clients_per_round < 1:
@@ -63,6 +67,14 @@ class RoundConfig:
             raise ValueError("trim_fraction must be in [0, 0.5)")
         if self.clip_norm < 0:
             raise ValueError("clip_norm must be >= 0")
+        if not 0.0 <= self.server_momentum < 1.0:
+            raise ValueError("server_momentum must be in [0, 1)")
+        if self.server_learning_rate <= 0:
+            raise ValueError("server_learning_rate must be > 0")
+
+    @property
+    def uses_server_momentum(self) -> bool:
+        return self.server_momentum != 0.0 or self.server_learning_rate != 1.0
 
 
 @dataclass(frozen=True)
@@ -160,9 +172,12 @@ class RoundManager:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         writer: CheckpointWriter = write_in_memory,
+        momentum_state: Mapping[str, np.ndarray] | None = None,
+        save_momentum: Callable[[int, Mapping[str, np.ndarray]], object] | None = None,
     ) -> None:
         self.config = config
         self._write = writer
+        self._save_momentum = save_momentum
         self._persist = persist
         self._num_classes = num_classes
         self._listener = listener or NullListener()
@@ -171,6 +186,8 @@ class RoundManager:
         self._cond = threading.Condition()
         self._global = initial
         self._specs = {k: TensorSpec(v.dtype, v.shape) for k, v in initial.arrays.items()}
+        self._momentum = (ServerMomentum(self._specs, config.server_momentum, config.server_learning_rate,
+                                         momentum_state) if config.uses_server_momentum else None)
         self._finished = bool(config.max_rounds) and initial.version >= config.max_rounds
         self._stopping = False
         self._history: list[RoundSummary] = []
@@ -367,7 +384,18 @@ class RoundManager:
 
             def blocks(name: str) -> Iterator[np.ndarray]:
                 yield result[name]
+        step = None
+        if self._momentum is not None:
+            step = self._momentum.begin()
+            aggregate, old = blocks, self._global.arrays
+            blocks = lambda name: step.blocks(name, aggregate(name), old[name])  # noqa: E731
         checkpoint = self._write(new_version, self._global_metadata(), self._specs, blocks)
+        if step is not None:
+            # Saved before the new version is served; a crash between the two files leaves a checkpoint
+            # without its buffer, and the restarted aggregator starts that buffer from zero (logged).
+            if self._save_momentum is not None:
+                self._save_momentum(new_version, step.new_state)
+            step.commit()
         # Persist before serving: a restart must never find a version clients saw but disk lost.
         self._persist(checkpoint)
         m = self._acc.total_samples

@@ -148,9 +148,16 @@ def start(config: AggregatorConfig) -> RunningAggregator:
     metrics = AggregatorMetrics()
     metrics.set_build(__version__, arch.id)
     initial = initial_checkpoint(config, store)
+    momentum = None
+    if config.rounds.uses_server_momentum and initial.version > 0:
+        momentum = store.load_momentum(initial.version)
+        if momentum is None:
+            log_event(log, "momentum_reset", logging.WARNING, model_version=initial.version,
+                      detail="no server-momentum buffer saved with this checkpoint; it starts from zero")
     manager = RoundManager(
         config.rounds, initial, persist=lambda checkpoint: None, num_classes=len(arch.classes),
         listener=LoggingListener(metrics), writer=store.write_stream,
+        momentum_state=momentum, save_momentum=store.save_momentum,
     )
     message_limit = config.limits.max_chunk_bytes + (64 << 10)
     server = grpc.server(
@@ -206,7 +213,8 @@ def start(config: AggregatorConfig) -> RunningAggregator:
         log, "serving", host=config.host, port=port, metrics_port=metrics_port, health_port=health_port,
         architecture=arch.id,
         tls=credentials is not None, mutual_tls=config.tls_client_ca is not None, clients_with_tokens=len(tokens or ()),
-        aggregation=config.rounds.aggregation,
+        aggregation=config.rounds.aggregation, server_momentum=config.rounds.server_momentum,
+        server_learning_rate=config.rounds.server_learning_rate,
         model_version=initial.version, round=manager.status().round,
         clients_per_round=config.rounds.clients_per_round, min_clients=config.rounds.min_clients,
     )

@@ -66,6 +66,7 @@ class GridConfig:
     rounds: int = 40
     rounds_for: tuple[tuple[int, int], ...] = ((1, 80),)  # (E, rounds) that differ from ``rounds``
     learning_rate: float = 1e-3  # the seed's; 2e-3 made a by-speaker K = 5, B = 10, E = 1 run collapse
+    server_momentum: float = 0.0  # FedAvgM's beta (aggregator --server-momentum); 0: the seed's FedAvg
     alpha: float = 0.5
     # 30 synthetic speakers, 12 held out (336 files, twice the old 6): less noise on every score;
     # the 18 training speakers (504 files) are as many as before, so a round costs the same.
@@ -219,7 +220,7 @@ def run_federated(cfg: GridConfig, pool: Pool, kind: str, k: int, b: int, e: int
             host="127.0.0.1", port=0, metrics_port=0, checkpoint_dir=Path(tmp), insecure=True,
             architecture=arch.id, seed=cfg.seed, max_workers=max(16, 4 * k),
             rounds=RoundConfig(clients_per_round=k, min_clients=k, round_timeout_s=3600, max_rounds=rounds,
-                               plan=TrainingPlan(e, b, cfg.learning_rate)),
+                               plan=TrainingPlan(e, b, cfg.learning_rate), server_momentum=cfg.server_momentum),
         ))
         stop = threading.Event()
         turns = _Turns(len(parts), stop)
@@ -447,7 +448,8 @@ def run_grid(cfg: GridConfig, jobs: int = 1) -> int:
     _quiet()
     started = time.monotonic()
     print(f"fedser simulate: partitions {', '.join(cfg.partitions)}; K {cfg.clients}, B {cfg.batch_sizes}, "
-          f"E {cfg.local_epochs}; {rounds_text(cfg)}; learning rate {cfg.learning_rate:g}; {cfg.architecture}",
+          f"E {cfg.local_epochs}; {rounds_text(cfg)}; learning rate {cfg.learning_rate:g}; {aggregation_text(cfg)}; "
+          f"{cfg.architecture}",
           flush=True)
     pool = load_pool(cfg)
     print(f"  pool: {len(pool.y)} training files from {len(set(pool.speakers))} speakers; "
@@ -493,7 +495,7 @@ def run_grid(cfg: GridConfig, jobs: int = 1) -> int:
               for f in ("ru_utime", "ru_stime"))
     summary = [line for line in (gap_summary(results, central, "speaker"), gap_summary(results, central, "iid"))
                if line]
-    footer = (f"{rounds_text(cfg)}, learning rate {cfg.learning_rate:g}, {cfg.architecture}; "
+    footer = (f"{rounds_text(cfg)}, learning rate {cfg.learning_rate:g}, {aggregation_text(cfg)}, {cfg.architecture}; "
               f"{len(pool.y)} training files ({len(set(pool.speakers))} speakers), {len(pool.test_y)} held out "
               f"({pool.test_speakers} speakers). Wall {wall / 60:.1f} min, CPU {cpu / 60:.1f} min, {jobs} job(s) "
               f"on {os.cpu_count()} CPUs; 1-minute load average during the run: {load.summary()}.")
@@ -512,6 +514,10 @@ def rounds_text(cfg: GridConfig) -> str:
         return ", ".join(f"E = {e}: {r} rounds" for e, r in special)
     extra = "; ".join(f"E = {e}: {r}" for e, r in special)
     return f"{cfg.rounds} rounds" + (f" ({extra})" if extra else "")
+
+
+def aggregation_text(cfg: GridConfig) -> str:
+    return f"FedAvgM (server momentum {cfg.server_momentum:g})" if cfg.server_momentum else "FedAvg"
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -543,6 +549,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--full", action="store_true", help="the seed's full grid: 200 rounds, all three partitions")
     p.add_argument("--learning-rate", type=float, default=d.learning_rate,
                    help="Adam's, for the clients and the central baseline alike (default: %(default)s)")
+    p.add_argument("--server-momentum", type=float, default=d.server_momentum,
+                   help="FedAvgM: the aggregator's momentum in [0, 1) (default: %(default)s, plain FedAvg)")
     p.add_argument("--alpha", type=float, default=d.alpha, help="Dirichlet concentration (default: %(default)s)")
     p.add_argument("--actors", type=int, default=d.actors, help="synthetic speakers (default: %(default)s)")
     p.add_argument("--heldout-fraction", type=float, default=d.heldout_fraction,
@@ -570,11 +578,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--rounds, --rounds-for, --clients, --batch-sizes and --local-epochs must be >= 1")
     if a.jobs < 1:
         p.error("--jobs must be >= 1")
+    if not 0.0 <= a.server_momentum < 1.0:
+        p.error("--server-momentum must be in [0, 1)")
     if not 0.0 < a.heldout_fraction < 1.0:
         p.error("--heldout-fraction must be in (0, 1)")
     cfg = GridConfig(
         clients=a.clients, batch_sizes=a.batch_sizes, local_epochs=a.local_epochs, partitions=partitions,
-        rounds=rounds, rounds_for=rounds_for, learning_rate=a.learning_rate, alpha=a.alpha, actors=a.actors,
+        rounds=rounds, rounds_for=rounds_for, learning_rate=a.learning_rate, server_momentum=a.server_momentum, alpha=a.alpha, actors=a.actors,
         heldout_fraction=a.heldout_fraction,
         architecture=a.architecture, seed=a.seed, central=not a.no_central, data=a.data, out=a.out,
     )

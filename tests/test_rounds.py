@@ -453,3 +453,55 @@ def test_round_config_validation():
         RoundConfig(round_timeout_s=0)
     with pytest.raises(ValueError, match="max_rounds must be >= 0"):
         RoundConfig(max_rounds=-1)
+
+
+# -- server momentum (FedAvgM) ----------------------------------------------------
+
+
+def test_server_momentum_steps_by_hand():
+    """v = beta * v + (avg - w); w' = w + lr * v, worked out for three rounds."""
+    h = Harness(clients_per_round=2, min_clients=2, server_momentum=0.5, server_learning_rate=2.0)
+    # Round 1 from w = 0: avg = (1*1 + 3*3) / 4 = 2.5 -> v = 2.5, w = 0 + 2 * 2.5 = 5.
+    h.push("a", 1, 1, _update(1.0, b=-1.0))
+    h.push("b", 1, 3, _update(3.0, b=-1.0))
+    np.testing.assert_array_equal(h.manager.global_model.arrays["w"], np.full((2, 3), 5.0, np.float32))
+    np.testing.assert_array_equal(h.manager.global_model.arrays["b"], np.full(3, -2.0, np.float32))
+    # Round 2: avg = 6 -> v = 0.5 * 2.5 + (6 - 5) = 2.25, w = 5 + 4.5 = 9.5 (b: v = -0.5 + 1 = 0.5, b = -1).
+    h.push("a", 2, 2, _update(6.0, b=-1.0))
+    h.push("b", 2, 2, _update(6.0, b=-1.0))
+    np.testing.assert_array_equal(h.manager.global_model.arrays["w"], np.full((2, 3), 9.5, np.float32))
+    np.testing.assert_array_equal(h.manager.global_model.arrays["b"], np.full(3, -1.0, np.float32))
+    # Round 3: the clients send the global back unchanged: the step is momentum alone.
+    h.push("a", 3, 1, _update(9.5, b=-1.0))
+    h.push("b", 3, 1, _update(9.5, b=-1.0))
+    # v = 0.5 * 2.25 + 0 = 1.125 -> w = 9.5 + 2.25 = 11.75; b: v = 0.25 -> b = -0.5.
+    np.testing.assert_array_equal(h.manager.global_model.arrays["w"], np.full((2, 3), 11.75, np.float32))
+    np.testing.assert_array_equal(h.manager.global_model.arrays["b"], np.full(3, -0.5, np.float32))
+
+
+def test_failed_checkpoint_write_leaves_the_momentum_buffer_alone():
+    h = Harness(clients_per_round=2, min_clients=2, server_momentum=0.5)
+    attempts = []
+    real = h.manager._write
+
+    def flaky(*args):
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise OSError(28, "No space left on device")
+        return real(*args)
+
+    h.manager._write = flaky
+    h.push("a", 1, 1, _update(2.0))
+    h.push("b", 1, 1, _update(2.0))
+    assert h.manager.global_model.version == 0 and h.listener.kinds("close_failed")
+    h.manager.tick()  # the retry: the same step, not a second one on top of the first
+    assert h.manager.global_model.version == 1
+    np.testing.assert_array_equal(h.manager.global_model.arrays["w"], np.full((2, 3), 2.0, np.float32))
+
+
+def test_server_momentum_settings_are_checked():
+    for bad in ({"server_momentum": 1.0}, {"server_momentum": -0.1}, {"server_learning_rate": 0.0}):
+        with pytest.raises(ValueError):
+            RoundConfig(**bad)
+    assert not RoundConfig().uses_server_momentum
+    assert RoundConfig(server_learning_rate=1.5).uses_server_momentum
