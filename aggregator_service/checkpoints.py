@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import re
+import struct
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,7 @@ class Checkpoint:
     path: Path | None = None
     data: bytes | bytearray | None = None  # None: the bytes live in the file behind ``fd``
     fd: int | None = field(default=None, repr=False)
+    data_xxh3_128: str = ""  # of the tensor data alone (after the header): what a delta pull rebuilds
 
     def read(self, offset: int, length: int) -> bytes:
         """Up to ``length`` payload bytes from ``offset``."""
@@ -83,7 +85,9 @@ def checkpoint_from_payload(version: int, payload: bytes | bytearray, path: Path
     _, metadata = view_arrays(payload)
     if metadata.get("model_version") != str(version):
         raise MalformedTensorsError(f"metadata says version {metadata.get('model_version')!r}, expected {version}")
-    return Checkpoint(version, metadata, sha256_hex(payload), xxh3_hex(payload), len(payload), path, payload)
+    (header_len,) = struct.unpack_from("<Q", payload, 0)
+    return Checkpoint(version, metadata, sha256_hex(payload), xxh3_hex(payload), len(payload), path, payload,
+                      data_xxh3_128=xxh3_hex(memoryview(payload)[8 + header_len :]))
 
 
 def encode_checkpoint(version: int, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> Checkpoint:
@@ -106,10 +110,11 @@ def write_in_memory(
     return checkpoint_from_payload(version, payload)
 
 
-def _file_backed(version: int, metadata: dict[str, str], sha256: str, xxh3: str, size: int, path: Path) -> Checkpoint:
+def _file_backed(version: int, metadata: dict[str, str], sha256: str, xxh3: str, size: int, path: Path,
+                 data_xxh3: str) -> Checkpoint:
     # The descriptor keeps the bytes readable after pruning unlinks the file.
     fd = os.open(path, os.O_RDONLY)
-    checkpoint = Checkpoint(version, metadata, sha256, xxh3, size, path, None, fd)
+    checkpoint = Checkpoint(version, metadata, sha256, xxh3, size, path, None, fd, data_xxh3)
     weakref.finalize(checkpoint, os.close, fd)
     return checkpoint
 
@@ -138,7 +143,7 @@ class CheckpointStore:
         payload = checkpoint.payload
         final = self._commit(checkpoint.version, lambda fh: fh.write(payload))
         return _file_backed(checkpoint.version, checkpoint.metadata, checkpoint.sha256, checkpoint.xxh3_128,
-                            checkpoint.size, final)
+                            checkpoint.size, final, checkpoint.data_xxh3_128)
 
     def write_stream(
         self, version: int, metadata: Mapping[str, str], specs: Mapping[str, TensorSpec], blocks: BlockSource
@@ -147,6 +152,7 @@ class CheckpointStore:
         meta = {**metadata, "model_version": str(version)}
         layout = payload_layout({k: (s.dtype, s.shape) for k, s in specs.items()}, meta)
         sha, xxh = hashlib.sha256(layout.header), xxhash.xxh3_128(layout.header)
+        data_xxh = xxhash.xxh3_128()
 
         def write(fh) -> None:
             fh.write(layout.header)
@@ -157,12 +163,13 @@ class CheckpointStore:
                     fh.write(data)
                     sha.update(data)
                     xxh.update(data)
+                    data_xxh.update(data)
                     written += len(data)
                 if written != end - begin:
                     raise ValueError(f"tensor {name}: wrote {written} bytes, the layout has {end - begin}")
 
         final = self._commit(version, write)
-        return _file_backed(version, meta, sha.hexdigest(), xxh.hexdigest(), layout.size, final)
+        return _file_backed(version, meta, sha.hexdigest(), xxh.hexdigest(), layout.size, final, data_xxh.hexdigest())
 
     def momentum_path(self, version: int) -> Path:
         return self.directory / f"momentum-v{version:08d}.safetensors"
@@ -224,7 +231,7 @@ class CheckpointStore:
             c = checkpoint_from_payload(version, path.read_bytes(), path)
         except MalformedTensorsError as exc:
             raise MalformedTensorsError(f"{path.name}: {exc}") from None
-        return _file_backed(version, c.metadata, c.sha256, c.xxh3_128, c.size, path)
+        return _file_backed(version, c.metadata, c.sha256, c.xxh3_128, c.size, path, c.data_xxh3_128)
 
     def latest(self) -> Checkpoint | None:
         """The newest checkpoint that loads cleanly; damaged ones are logged and skipped."""

@@ -88,6 +88,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--server-momentum", float, r.server_momentum,
         "FedAvgM: momentum of the server's step, in [0, 1); 0 with --server-learning-rate 1 is plain FedAvg")
     add("--server-learning-rate", float, r.server_learning_rate, "FedAvgM: scale of the server's step")
+    add("--pull-encoding", str, r.pull_encoding,
+        "float32, fp16-delta or int8-delta: snap each new global to old + encoded delta and send clients "
+        "that hold the old version only the delta")
     add("--tls-cert", Path, None, "PEM server certificate (chain)")
     add("--tls-key", Path, None, "PEM private key of the server certificate")
     add("--tls-client-ca", Path, None, "PEM CA of client certificates: turns on mutual TLS")
@@ -138,6 +141,7 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
             clip_norm=a.clip_norm,
             server_momentum=a.server_momentum,
             server_learning_rate=a.server_learning_rate,
+            pull_encoding=a.pull_encoding,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -25,6 +25,7 @@ from aggregator_service.errors import (
 from aggregator_service.evaluations import EvalMetrics, check_report, pool
 from aggregator_service.fedavg import FedAvgAccumulator
 from aggregator_service.robust import Aggregator, StackedAggregator, clip_update
+from aggregator_service.pull_compression import PullDelta, SnapStep
 from aggregator_service.server_momentum import ServerMomentum
 from aggregator_service.validation import check_identifier, check_num_samples
 from model.encodings import Encoding, TensorSpec, decode_terms, decode_weights
@@ -51,6 +52,9 @@ class RoundConfig:
     # FedAvgM (aggregator_service/server_momentum.py); 0 and 1: plain FedAvg, exactly.
     server_momentum: float = 0.0
     server_learning_rate: float = 1.0
+    # "fp16-delta" / "int8-delta": each new global is snapped to old + encoded delta, and clients
+    # holding the old version may pull that delta (aggregator_service/pull_compression.py).
+    pull_encoding: str = "float32"
 
     def __post_init__(self) -> None:
         if self.clients_per_round < 1:
@@ -71,6 +75,8 @@ class RoundConfig:
             raise ValueError("server_momentum must be in [0, 1)")
         if self.server_learning_rate <= 0:
             raise ValueError("server_learning_rate must be > 0")
+        if self.pull_encoding not in {e.value for e in Encoding}:
+            raise ValueError(f"pull_encoding must be one of {', '.join(e.value for e in Encoding)}")
 
     @property
     def uses_server_momentum(self) -> bool:
@@ -186,6 +192,7 @@ class RoundManager:
         self._cond = threading.Condition()
         self._global = initial
         self._specs = {k: TensorSpec(v.dtype, v.shape) for k, v in initial.arrays.items()}
+        self._pull_deltas: dict[int, PullDelta] = {}
         self._momentum = (ServerMomentum(self._specs, config.server_momentum, config.server_learning_rate,
                                          momentum_state) if config.uses_server_momentum else None)
         self._finished = bool(config.max_rounds) and initial.version >= config.max_rounds
@@ -200,6 +207,11 @@ class RoundManager:
     def global_model(self) -> Checkpoint:
         with self._cond:
             return self._global
+
+    def pull_delta(self, version: int) -> PullDelta | None:
+        """The delta that leads from ``version - 1`` to ``version``, when pulls are compressed and it is kept."""
+        with self._cond:
+            return self._pull_deltas.get(version)
 
     @property
     def specs(self) -> Mapping[str, TensorSpec]:
@@ -389,6 +401,12 @@ class RoundManager:
             step = self._momentum.begin()
             aggregate, old = blocks, self._global.arrays
             blocks = lambda name: step.blocks(name, aggregate(name), old[name])  # noqa: E731
+        snap = None
+        pull_encoding = Encoding(self.config.pull_encoding)
+        if pull_encoding.is_delta:
+            snap = SnapStep(pull_encoding, self._global.arrays, self._specs, self._global.version, new_version)
+            unsnapped = blocks
+            blocks = lambda name: snap.blocks(name, unsnapped)  # noqa: E731
         checkpoint = self._write(new_version, self._global_metadata(), self._specs, blocks)
         if step is not None:
             # Saved before the new version is served; a crash between the two files leaves a checkpoint
@@ -410,6 +428,7 @@ class RoundManager:
             closed_by=closed_by,
         )
         self._global = checkpoint
+        self._pull_deltas = {new_version: snap.finish()} if snap is not None else {}
         self._history.append(summary)
         del self._history[: -self.EVALUATION_MEMORY_VERSIONS]
         if self.config.max_rounds and new_version >= self.config.max_rounds:

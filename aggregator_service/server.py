@@ -214,7 +214,7 @@ def start(config: AggregatorConfig) -> RunningAggregator:
         architecture=arch.id,
         tls=credentials is not None, mutual_tls=config.tls_client_ca is not None, clients_with_tokens=len(tokens or ()),
         aggregation=config.rounds.aggregation, server_momentum=config.rounds.server_momentum,
-        server_learning_rate=config.rounds.server_learning_rate,
+        server_learning_rate=config.rounds.server_learning_rate, pull_encoding=config.rounds.pull_encoding,
         model_version=initial.version, round=manager.status().round,
         clients_per_round=config.rounds.clients_per_round, min_clients=config.rounds.min_clients,
     )

@@ -28,6 +28,7 @@ from aggregator_service.errors import (
 )
 from aggregator_service.evaluations import EvalMetrics
 from aggregator_service.metrics import AggregatorMetrics
+from aggregator_service.pull_compression import PullDelta
 from aggregator_service.receive import ReceiveBuffers, Slots, receive_into
 from aggregator_service.rounds import AcceptResult, RoundManager, UpdateMeta
 from aggregator_service.security import Authenticator, PermissionDeniedError, UnauthenticatedError
@@ -36,7 +37,7 @@ from fedser.v1 import aggregator_pb2 as pb
 from fedser.v1 import aggregator_pb2_grpc as pb_grpc
 from fedser.v1.chunks import PushMessage
 from model.eventlog import log_event
-from model.encodings import expected_layout, from_proto
+from model.encodings import expected_layout, from_proto, to_proto
 from model.serialization import MalformedTensorsError, view_arrays
 
 log = logging.getLogger("fedser.aggregator")
@@ -153,6 +154,8 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
         )
         status = self._manager.status()
         cfg = self._manager.config
+        delta = self._delta_for(request, model.version)
+        source = delta if delta is not None else model
         # A round that opened after `model` was read belongs to a newer model;
         # the header names the round that trains on this model's version.
         header = pb.ModelHeader(
@@ -167,9 +170,12 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
                 learning_rate=cfg.plan.learning_rate,
                 deadline=_timestamp(status.deadline_unix),
             ),
-            total_bytes=model.size,
-            sha256=model.sha256,
-            xxh3_128=model.xxh3_128,
+            total_bytes=source.size,
+            sha256=source.sha256,
+            xxh3_128=source.xxh3_128,
+            encoding=to_proto(delta.encoding) if delta is not None else pb.UPDATE_ENCODING_UNSPECIFIED,
+            base_version=delta.base_version if delta is not None else 0,
+            model_data_xxh3_128=model.data_xxh3_128,
             finished=status.finished and model.version == status.model_version,
             payload_omitted=model.version < request.min_version and not status.finished,
         )
@@ -178,10 +184,19 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             return
         with self._send_slots.acquire(self._limits.max_buffer_wait_s):
             yield pb.PullModelResponse(header=header)
-            for offset in range(0, model.size, self._limits.chunk_bytes):
-                chunk = model.read(offset, self._limits.chunk_bytes)
+            for offset in range(0, source.size, self._limits.chunk_bytes):
+                chunk = source.read(offset, self._limits.chunk_bytes)
                 self._metrics.bytes_sent.inc(len(chunk))
                 yield chunk  # fedser.v1.chunks serializes it as a chunk message
+
+    def _delta_for(self, request: pb.PullModelRequest, version: int) -> PullDelta | None:
+        """The kept delta to ``version`` when the client holds ``version - 1`` and can apply its encoding."""
+        if not request.HasField("have_version") or request.have_version + 1 != version:
+            return None
+        delta = self._manager.pull_delta(version)
+        if delta is None or to_proto(delta.encoding) not in request.accept_encodings:
+            return None
+        return delta
 
     # -- PushUpdate ----------------------------------------------------
     def PushUpdate(self, request_iterator: Iterable[PushMessage], context: grpc.ServicerContext) -> pb.PushUpdateResponse:

@@ -1,8 +1,9 @@
-"""Section 6: what each update encoding costs in held-out accuracy on the demo task.
+"""Section 6: what each encoding costs in held-out accuracy on the demo task.
 
 Runs `fedser demo` (real aggregator and client processes, the demo's synthetic
-corpus and schedule) per seed once per encoding, so that paired runs differ
-only in --update-encoding, and reads the held-out scores of every round.
+corpus and schedule) per seed once per combination of --update-encoding and
+--pull-encoding, so that paired runs differ only in those, and reads the
+held-out scores of every round.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def _one(cfg: DemoConfig) -> dict[str, float]:
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         code = run_demo(cfg)  # reuses the corpus and the feature cache of the seed's first run
     if code != 0:
-        raise RuntimeError(f"demo with {cfg.update_encoding} failed: {printed.getvalue()[-500:]}")
+        raise RuntimeError(f"demo with {cfg.update_encoding} / {cfg.pull_encoding} failed: "
+                           f"{printed.getvalue()[-500:]}")
     per_round = _rows(cfg.out / "results.csv")
     last5 = per_round[-5:]
     return {
@@ -45,13 +47,16 @@ def run(workdir: Path, rounds: int, seeds: int = 3, log=print) -> dict[str, obje
     (fp16 rounding alone moved it by that much), so the loss is the mean over
     seeds of the paired difference to float32 with the same seed.
     """
-    runs: dict[str, list[dict[str, float]]] = {e.value: [] for e in Encoding}
+    combos = [(e, Encoding.FLOAT32) for e in Encoding] + [(e, e) for e in Encoding if e.is_delta]
+    label = {c: c[0].value if c[1] is Encoding.FLOAT32 else f"{c[0].value} both ways" for c in combos}
+    runs: dict[str, list[dict[str, float]]] = {label[c]: [] for c in combos}
     for seed in range(seeds):
         base = DemoConfig(rounds=rounds, seed=seed, out=workdir / "compression" / f"seed-{seed}")
-        for encoding in Encoding:
-            runs[encoding.value].append(_one(DemoConfig(**{**base.__dict__, "update_encoding": encoding.value})))
-            log(f"  [compression] seed {seed} {encoding.value}: accuracy "
-                f"{runs[encoding.value][-1]['accuracy_last5']:.3f} (last 5 rounds)")
+        for c in combos:
+            cfg = DemoConfig(**{**base.__dict__, "update_encoding": c[0].value, "pull_encoding": c[1].value})
+            runs[label[c]].append(_one(cfg))
+            log(f"  [compression] seed {seed} {label[c]}: accuracy {runs[label[c]][-1]['accuracy_last5']:.3f} "
+                "(last 5 rounds)")
     rows: list[dict[str, object]] = []
     reference = runs[Encoding.FLOAT32.value]
     for name, rs in runs.items():

@@ -118,23 +118,24 @@ def render(result: dict[str, Any]) -> str:
     if "wire" in sec:
         w = sec["wire"]
         lines += ["", "## 5. Bytes on the wire per round per client (pull + push)", "",
-                  "Every encoding measured through a byte-counting TCP relay (HTTP/2 + gRPC framing included); "
-                  "the update (push) is encoded, the pull stays float32. 'update cut' = float32 push payload / "
-                  "this push payload; 'round cut' = float32 wire bytes per round / this encoding's.", ""]
+                  "Every combination measured through a byte-counting TCP relay (HTTP/2 + gRPC framing included), "
+                  "in a client's second round (it holds the previous version, so a compressing aggregator sends "
+                  "the delta). 'update cut' = float32 push payload / this push payload; 'round cut' = float32 wire "
+                  "bytes per round / this combination's.", ""]
         lines += _table(
-            ["model", "params", "encoding", "pull payload", "push payload", "payload per round",
-             "measured on the wire", "framing overhead", "**update cut**", "round cut"],
-            [(row["model"], row["params"], row["encoding"], _mib(row["pull_payload_bytes"]),
-              _mib(row["push_payload_bytes"]), _mib(row["payload_bytes_per_round"]),
+            ["model", "params", "update encoding", "pull encoding", "pull payload", "push payload",
+             "payload per round", "measured on the wire", "framing overhead", "**update cut**", "**round cut**"],
+            [(row["model"], row["params"], row["encoding"], row.get("pull_sent_as", "float32"),
+              _mib(row["pull_payload_bytes"]), _mib(row["push_payload_bytes"]), _mib(row["payload_bytes_per_round"]),
               _mib(row["wire_bytes_per_round"]) if row.get("wire_bytes_per_round") is not None else "-",
               f"{100 * row['framing_overhead']:.3f} %" if row.get("framing_overhead") is not None else "-",
               _fmt(row.get("push_cut")), _fmt(row.get("round_cut"))) for row in w["rows"]],
         )
         acc = result["sections"].get("compression")
         if acc:
-            lines += ["", f"## 6. Held-out accuracy with each update encoding (the demo task: {acc['setup']})", "",
+            lines += ["", f"## 6. Held-out accuracy with each encoding (the demo task: {acc['setup']})", "",
                       "Per seed, the same corpus, split, initial model and schedule; only --update-encoding "
-                      "differs. Scores are on held-out speakers, mean of the last 5 rounds (and the final round), "
+                      "(and, 'both ways', the aggregator's --pull-encoding) differs. Scores are on held-out speakers, mean of the last 5 rounds (and the final round), "
                       "averaged over the seeds; 'loss' = float32 minus this encoding with the same seed, averaged "
                       "(per seed in brackets), in accuracy points (target: at most 1).", ""]
             lines += _table(

@@ -1,14 +1,15 @@
-"""Section 5: bytes on the wire per round per client, for each update encoding.
+"""Section 5: bytes on the wire per round per client, for each update and pull encoding.
 
-Measured for every encoding: one client pulls the global model and pushes an
-update (a small known change, encoded as the production client does:
-model.encodings.encode_update) through a byte-counting TCP relay in front of a
-real aggregator process; the relay counts every TCP payload byte each way
-(HTTP/2 and gRPC framing, headers, flow-control and ping frames, connection
-set-up; not IP/TCP headers). Each encoding gets its own round of the same
-aggregator and a fresh connection. ReportEvaluation, which a production client
-also sends each round, is a few hundred bytes and is not included. The pull
-stays float32 in every case.
+For every combination (update encoding, the aggregator's --pull-encoding), a
+real aggregator process serves one production client (edge_client.transport:
+pulls on its long-lived connection, each push on a connection of its own)
+through a byte-counting TCP relay; the relay counts every TCP payload byte
+each way (HTTP/2 and gRPC framing, headers, flow-control and ping frames,
+connection set-up; not IP/TCP headers). The client does two rounds, pushing a
+small known change encoded as fedser-client does (model.encodings.encode_update);
+the second round is the one counted: its pull comes from a client that holds
+the previous version, so a compressing aggregator sends only the delta.
+ReportEvaluation, a few hundred bytes a round, is not included.
 """
 from __future__ import annotations
 
@@ -19,21 +20,14 @@ import threading
 import uuid
 from pathlib import Path
 
-import grpc
 import numpy as np
 
 from benchmarks.common import start_bench_aggregator
+from edge_client.backoff import BackoffPolicy
+from edge_client.transport import AggregatorClient, PulledModel
 from fedser.v1 import aggregator_pb2 as pb
-from fedser.v1 import aggregator_pb2_grpc as pb_grpc
-from model.encodings import Encoding, encode_update, to_proto
-from model.serialization import arrays_to_bytes, bytes_to_arrays, iter_chunks, xxh3_hex
-
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 8 << 20),
-    ("grpc.max_send_message_length", 8 << 20),
-    ("grpc.use_local_subchannel_pool", 1),
-]
-
+from model.encodings import Encoding, encode_update, from_proto, to_proto
+from model.serialization import arrays_to_bytes, xxh3_hex
 
 class CountingRelay:
     """A TCP relay on 127.0.0.1 that forwards to ``target_port`` and counts bytes each way."""
@@ -84,65 +78,88 @@ class CountingRelay:
                 except OSError:
                     pass
 
+    def reset(self) -> None:
+        with self._lock:
+            self.up = self.down = 0
+
+    def counts(self) -> tuple[int, int]:
+        """(client -> server, server -> client) bytes since the last reset."""
+        with self._lock:
+            return self.up, self.down
+
     def close(self, timeout_s: float = 10.0) -> None:
         self._listener.close()
         for t in self._pumps:
             t.join(timeout_s)
 
 
-ENCODINGS = (Encoding.FLOAT32, Encoding.FLOAT16_DELTA, Encoding.INT8_DELTA)
+# (update encoding, pull encoding): float32 both ways, compressed updates only, compressed both ways.
+COMBOS = (
+    (Encoding.FLOAT32, Encoding.FLOAT32),
+    (Encoding.FLOAT16_DELTA, Encoding.FLOAT32),
+    (Encoding.INT8_DELTA, Encoding.FLOAT32),
+    (Encoding.FLOAT16_DELTA, Encoding.FLOAT16_DELTA),
+    (Encoding.INT8_DELTA, Encoding.INT8_DELTA),
+)
 
 
-def one_client_round(target_port: int, encoding: Encoding) -> dict[str, object]:
-    """Pull + push of one client through the relay; returns payload and wire byte counts."""
+def _push(client: AggregatorClient, pulled: PulledModel, encoding: Encoding, rng: np.random.Generator) -> int:
+    update = {k: (v + rng.normal(0, 1e-3, v.shape)).astype(v.dtype) for k, v in pulled.arrays.items()}
+    payload = arrays_to_bytes(encode_update(update, pulled.arrays, encoding, rng))
+    h = pb.UpdateHeader(client_id="wire-0", round=pulled.header.round, num_samples=10, update_id=uuid.uuid4().hex,
+                        total_bytes=len(payload), xxh3_128=xxh3_hex(payload),
+                        base_version=pulled.header.model_version, encoding=to_proto(encoding))
+    reply = client.push(h, payload)
+    if not reply.accepted:
+        raise RuntimeError(f"push refused: {reply}")
+    return len(payload)
+
+
+def one_client(target_port: int, update_encoding: Encoding) -> dict[str, object]:
+    """Two rounds of one client through the relay; the second round's payload and wire byte counts."""
     relay = CountingRelay(target_port)
+    client = AggregatorClient(f"127.0.0.1:{relay.port}", threading.Event(), BackoffPolicy(max_s=0.1),
+                              rpc_timeout_s=600)
+    rng = np.random.default_rng(0)
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{relay.port}", options=CHANNEL_OPTIONS) as ch:
-            stub = pb_grpc.AggregatorStub(ch)
-            responses = list(stub.PullModel(pb.PullModelRequest(client_id="wire-0"), timeout=600))
-            header = responses[0].header
-            pulled = b"".join(r.chunk for r in responses[1:])
-            if len(pulled) != header.total_bytes or xxh3_hex(pulled) != header.xxh3_128:
-                raise RuntimeError("pulled model damaged")
-            arrays = bytes_to_arrays(pulled)
-            rng = np.random.default_rng(0)
-            update = {k: (v + rng.normal(0, 1e-3, v.shape)).astype(v.dtype) for k, v in arrays.items()}
-            payload = arrays_to_bytes(encode_update(update, arrays, encoding, rng))
-            h = pb.UpdateHeader(client_id="wire-0", round=header.round, num_samples=10, update_id=uuid.uuid4().hex,
-                                total_bytes=len(payload), xxh3_128=xxh3_hex(payload),
-                                base_version=header.model_version, encoding=to_proto(encoding))
-            messages = [pb.PushUpdateRequest(header=h)] + [pb.PushUpdateRequest(chunk=c) for c in iter_chunks(payload)]
-            reply = stub.PushUpdate(iter(messages), timeout=600)
-            if not reply.accepted:
-                raise RuntimeError(f"push refused: {reply}")
+        first = client.pull("wire-0")
+        _push(client, first, update_encoding, rng)
+        relay.reset()
+        second = client.pull("wire-0", min_version=first.header.model_version + 1, wait_s=60, have=first)
+        pushed = _push(client, second, update_encoding, rng)
+        counts = relay.counts()
     finally:
+        client.close()
         relay.close()
-    return {"arrays": arrays, "pull_payload": len(pulled), "push_payload": len(payload),
-            "wire_down": relay.down, "wire_up": relay.up}
+    return {"arrays": second.arrays, "pull_payload": second.header.total_bytes, "push_payload": pushed,
+            "pull_encoding": from_proto(second.header.encoding).value, "wire_down": counts[1], "wire_up": counts[0]}
 
 
 def measure_model(label: str, workdir: Path, params: int | None, architecture: str | None) -> list[dict[str, object]]:
-    d = Path(tempfile.mkdtemp(prefix="wire-", dir=workdir))
-    args = ["--clients-per-round", "1", "--min-clients", "1", "--rounds", str(len(ENCODINGS)), "--round-timeout", "600"]
-    if architecture is not None:
-        args += ["--architecture", architecture]
-    agg = start_bench_aggregator(params, d, args)
-    try:
-        measured = [one_client_round(agg.port, e) for e in ENCODINGS]
-    finally:
-        agg.stop()
-        shutil.rmtree(d, ignore_errors=True)
+    measured = []
+    for update_encoding, pull_encoding in COMBOS:
+        d = Path(tempfile.mkdtemp(prefix="wire-", dir=workdir))
+        args = ["--clients-per-round", "1", "--min-clients", "1", "--rounds", "2", "--round-timeout", "600",
+                "--pull-encoding", pull_encoding.value]
+        if architecture is not None:
+            args += ["--architecture", architecture]
+        agg = start_bench_aggregator(params, d, args)
+        try:
+            measured.append(one_client(agg.port, update_encoding))
+        finally:
+            agg.stop()
+            shutil.rmtree(d, ignore_errors=True)
     arrays = measured[0]["arrays"]
-    base = {"model": label, "params": int(sum(v.size for v in arrays.values())), "tensors": len(arrays),
-            "pull_payload_bytes": measured[0]["pull_payload"]}
+    base = {"model": label, "params": int(sum(v.size for v in arrays.values())), "tensors": len(arrays)}
     rows = []
     float32_push = measured[0]["push_payload"]
     float32_wire = measured[0]["wire_down"] + measured[0]["wire_up"]
-    for encoding, m in zip(ENCODINGS, measured):
+    for (update_encoding, pull_encoding), m in zip(COMBOS, measured):
         wire_total = m["wire_down"] + m["wire_up"]
         payload_total = m["pull_payload"] + m["push_payload"]
         rows.append({
-            **base, "encoding": encoding.value, "status": "measured",
+            **base, "encoding": update_encoding.value, "pull_encoding": pull_encoding.value, "status": "measured",
+            "pull_sent_as": m["pull_encoding"], "pull_payload_bytes": m["pull_payload"],
             "push_payload_bytes": m["push_payload"], "payload_bytes_per_round": payload_total,
             "wire_down_bytes": m["wire_down"], "wire_up_bytes": m["wire_up"], "wire_bytes_per_round": wire_total,
             "framing_overhead": round(wire_total / payload_total - 1, 5),
@@ -162,8 +179,8 @@ def run(workdir: Path, sizes: list[int], architectures: list[str] | None = None,
     rows: list[dict[str, object]] = []
     for arch_id in architectures:
         rows += measure_model(arch_id, workdir, None, arch_id)
-        log(f"  [wire] {arch_id}: {rows[-len(ENCODINGS)]['wire_bytes_per_round']:,} bytes per client per round (float32)")
+        log(f"  [wire] {arch_id}: {rows[-len(COMBOS)]['wire_bytes_per_round']:,} bytes per client per round (float32)")
     for params in sizes:
         rows += measure_model(f"bench-flat-{params}", workdir, params, None)
-        log(f"  [wire] bench-flat-{params}: {rows[-len(ENCODINGS)]['wire_bytes_per_round']:,} bytes per client per round (float32)")
+        log(f"  [wire] bench-flat-{params}: {rows[-len(COMBOS)]['wire_bytes_per_round']:,} bytes per client per round (float32)")
     return {"rows": rows}

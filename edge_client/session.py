@@ -73,7 +73,7 @@ class FederatedSession:
             if self.stop.is_set():
                 raise Stopped()
             self._contribute(model, current)
-            current = self._wait_for_next(current.header.model_version + 1)
+            current = self._wait_for_next(current)
             self._evaluate_and_report(model, current)
         log_event(log, "finished", rounds_done=self.rounds_done, model_version=current.header.model_version)
 
@@ -96,13 +96,16 @@ class FederatedSession:
             )
         return arch
 
-    def _wait_for_next(self, min_version: int) -> PulledModel:
+    def _wait_for_next(self, current: PulledModel) -> PulledModel:
+        """The next version; ``current`` lets a compressing aggregator send only the delta."""
         cid = self.config.client_id
+        min_version = current.header.model_version + 1
         while True:
             # wait_s is read per attempt: after an outage the pull answers at once, so a
             # pending update is re-pushed without first sitting out a whole long poll.
             pulled = self.client.with_retry(
-                "PullModel", lambda: self.client.pull(cid, min_version=min_version, wait_s=self._poll_wait())
+                "PullModel", lambda: self.client.pull(cid, min_version=min_version, wait_s=self._poll_wait(),
+                                                      have=current)
             )
             if pulled.arrays is not None:
                 self._pending = None

@@ -15,7 +15,10 @@ from edge_client.errors import ClientError
 from fedser.v1 import aggregator_pb2 as pb
 from fedser.v1.chunks import ChunkStub, chunk_of
 from model.eventlog import log_event
-from model.serialization import DEFAULT_CHUNK_BYTES, MalformedTensorsError, bytes_to_arrays, sha256_hex, xxh3_hex
+from model.encodings import Encoding, apply_delta, from_proto, to_proto
+from model.serialization import (
+    DEFAULT_CHUNK_BYTES, MalformedTensorsError, bytes_to_arrays, data_xxh3, sha256_hex, xxh3_hex,
+)
 
 log = logging.getLogger("fedser.client")
 
@@ -26,6 +29,8 @@ RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grp
 MESSAGE_LIMIT = 8 << 20
 # A model this large is refused before any of it is buffered (a lying header must not cost the device memory).
 MAX_MODEL_BYTES = 4 << 30
+# Pull deltas this client can apply (sent as PullModelRequest.accept_encodings).
+DELTA_ENCODINGS = (to_proto(Encoding.FLOAT16_DELTA), to_proto(Encoding.INT8_DELTA))
 
 
 class Stopped(Exception):
@@ -107,16 +112,48 @@ class AggregatorClient:
                 if self._stop.wait(delay):
                     raise Stopped() from None
 
-    def pull(self, client_id: str, min_version: int = 0, wait_s: float = 0.0) -> PulledModel:
-        """The global model (or, when min_version is not reached in wait_s, only its header)."""
+    def pull(self, client_id: str, min_version: int = 0, wait_s: float = 0.0,
+             have: PulledModel | None = None) -> PulledModel:
+        """The global model (or, when min_version is not reached in wait_s, only its header).
+
+        With ``have`` (the model this client holds) an aggregator that compresses pulls
+        may send only the delta to the next version; the model is rebuilt from it and
+        checked against the aggregator's digest, and pulled whole if that fails.
+        """
         request = pb.PullModelRequest(client_id=client_id, min_version=min_version, wait_seconds=wait_s)
+        if have is not None and have.arrays is not None:
+            request.have_version = have.header.model_version
+            request.accept_encodings.extend(DELTA_ENCODINGS)
+        header, payload = self._pull_payload(request, wait_s)
+        if payload is None:
+            return PulledModel(header, None)
+        encoding = from_proto(header.encoding)
+        try:
+            arrays = bytes_to_arrays(payload)
+        except MalformedTensorsError as exc:
+            raise ClientError(f"global model is not valid safetensors: {exc}") from None
+        if encoding is None or not encoding.is_delta:
+            return PulledModel(header, arrays)
+        if have is None or have.arrays is None or header.base_version != have.header.model_version:
+            raise ClientError("aggregator sent a delta from a version this client does not hold")
+        try:
+            rebuilt = apply_delta(have.arrays, arrays, encoding)
+        except (KeyError, IndexError, ValueError):
+            rebuilt = None
+        if rebuilt is not None and data_xxh3(rebuilt) == header.model_data_xxh3_128:
+            return PulledModel(header, rebuilt)
+        log_event(log, "delta_pull_mismatch", logging.WARNING, model_version=header.model_version,
+                  detail="the rebuilt model does not match the aggregator's digest; pulling it whole")
+        return self.pull(client_id, min_version, 0.0)
+
+    def _pull_payload(self, request: pb.PullModelRequest, wait_s: float) -> tuple[pb.ModelHeader, bytes | None]:
         stream = self._stub.PullModel(request, timeout=self._timeout + wait_s, metadata=self._metadata)
         first = next(stream, None)
         if not isinstance(first, pb.PullModelResponse) or first.WhichOneof("payload") != "header":
             raise ClientError("aggregator sent a model stream without a header")
         header = first.header
         if header.payload_omitted:
-            return PulledModel(header, None)
+            return header, None
         if header.total_bytes > MAX_MODEL_BYTES:
             raise ClientError(f"aggregator announced a model of {header.total_bytes} bytes, over the client's limit")
         payload = bytearray(header.total_bytes)
@@ -131,10 +168,7 @@ class AggregatorClient:
             filled += len(chunk)
         if filled != header.total_bytes or not _checksum_matches(payload, header):
             raise ClientError("global model arrived damaged (size or checksum mismatch)")
-        try:
-            return PulledModel(header, bytes_to_arrays(bytes(payload)))
-        except MalformedTensorsError as exc:
-            raise ClientError(f"global model is not valid safetensors: {exc}") from None
+        return header, bytes(payload)
 
     def push(self, header: pb.UpdateHeader, payload: bytes) -> pb.PushUpdateResponse:
         """Stream the header, then the payload in chunks, on a connection of its own.

@@ -34,6 +34,7 @@ class DemoConfig:
     seed: int = 0
     out: Path = Path("demo-output")
     update_encoding: str = "float32"
+    pull_encoding: str = "float32"
 
 
 @dataclass
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=d.out, help="output folder (default: %(default)s)")
     p.add_argument("--update-encoding", default=d.update_encoding, choices=[e.value for e in Encoding],
                    help="how clients send updates: float32, fp16-delta or int8-delta (default: %(default)s)")
+    p.add_argument("--pull-encoding", default=d.pull_encoding, choices=[e.value for e in Encoding],
+                   help="how the aggregator sends the global model to clients that hold the previous one "
+                        "(its --pull-encoding; default: %(default)s)")
     return p
 
 
@@ -133,7 +137,7 @@ def run(cfg: DemoConfig) -> int:
             "--clients-per-round", str(cfg.clients), "--min-clients", str(max(1, cfg.clients - 1)),
             "--round-timeout", "300", "--rounds", str(cfg.rounds), "--seed", str(cfg.seed),
             "--local-epochs", str(cfg.local_epochs), "--batch-size", str(cfg.batch_size),
-            "--learning-rate", str(cfg.learning_rate),
+            "--learning-rate", str(cfg.learning_rate), "--pull-encoding", cfg.pull_encoding,
         ])
     except ProcessStartError as exc:
         print(f"fedser demo: error: {exc}", file=sys.stderr)
@@ -227,5 +231,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.clients < 1 or a.actors_per_client < 2 or a.rounds < 1:
         parser.error("--clients >= 1, --actors-per-client >= 2 (one is held out) and --rounds >= 1")
     cfg = DemoConfig(a.clients, a.actors_per_client, a.rounds, a.local_epochs, a.batch_size, a.learning_rate,
-                     a.seed, a.out, a.update_encoding)
+                     a.seed, a.out, a.update_encoding, a.pull_encoding)
     return run(cfg)

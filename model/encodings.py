@@ -5,6 +5,10 @@ global model the client pulled: fp16 halves the bytes, int8 (one float32 scale
 per tensor, stochastic rounding so that E[scale * q] = d) quarters them. The
 aggregator never rebuilds w_k for FedAvg: it sums n_k * scale * d in float64
 and adds the delta clients' share of g once when the round closes.
+
+The same encodings compress pulls (the aggregator's --pull-encoding): the new
+global model is then defined as ``apply_delta(old, encode_update(new, old))``,
+so a client that holds the old version rebuilds it bit for bit from the delta.
 """
 from __future__ import annotations
 
@@ -117,6 +121,25 @@ def encode_update(
         q = np.floor(d / np.float32(scale) + rng.random(d.shape, dtype=np.float32))
         out[k] = np.clip(q, -127, 127).astype(np.int8)
         out[k + SCALE_SUFFIX] = np.array([scale], dtype=np.float32)
+    return out
+
+
+def apply_delta(
+    base: Mapping[str, np.ndarray], tensors: Mapping[str, np.ndarray], encoding: Encoding
+) -> dict[str, np.ndarray]:
+    """``base`` plus the decoded delta, in float32 element by element: the same bits wherever it runs.
+
+    The aggregator serves exactly this as the new global when it compresses pulls,
+    and a client rebuilds it from the version it holds.
+    """
+    if not encoding.is_delta:
+        raise ValueError("apply_delta needs a delta encoding")
+    out = {}
+    for k, b in base.items():
+        d = np.asarray(tensors[k]).astype(np.float32)
+        if encoding is Encoding.INT8_DELTA:
+            d *= np.float32(tensors[k + SCALE_SUFFIX][0])
+        out[k] = np.asarray(b, dtype=np.float32) + d
     return out
 
 

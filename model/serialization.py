@@ -167,6 +167,15 @@ def payload_layout(
     return PayloadLayout(struct.pack("<Q", len(header)) + header, tuple(tensors))
 
 
+def data_xxh3(arrays: Mapping[str, np.ndarray]) -> str:
+    """XXH3-128 of the tensors' bytes in safetensors payload order: a payload's data section, without its header."""
+    order = sorted(arrays, key=lambda k: (-np.dtype(arrays[k].dtype).itemsize, k))  # as payload_layout
+    h = xxhash.xxh3_128()
+    for name in order:
+        h.update(memoryview(np.ascontiguousarray(arrays[name])).cast("B"))
+    return h.hexdigest()
+
+
 def allocate_payload(
     specs: Mapping[str, tuple[np.dtype, tuple[int, ...]]], metadata: Mapping[str, str] | None = None
 ) -> tuple[bytearray, dict[str, np.ndarray]]:

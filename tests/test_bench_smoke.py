@@ -67,14 +67,20 @@ def test_quick_harness_on_the_smallest_settings_writes_json_and_table(tmp_path: 
     assert all(_positive(r["samples_per_s"]) and _positive(r["samples"]) for r in train)
 
     wire = result["sections"]["wire"]["rows"]
-    assert [r["encoding"] for r in wire] == ["float32", "fp16-delta", "int8-delta"]
+    assert [(r["encoding"], r["pull_sent_as"]) for r in wire] == [
+        ("float32", "float32"), ("fp16-delta", "float32"), ("int8-delta", "float32"),
+        ("fp16-delta", "fp16-delta"), ("int8-delta", "int8-delta")]
     assert all(r["status"] == "measured" for r in wire)
-    f32, fp16, int8 = wire
+    f32, fp16, int8, fp16_both, int8_both = wire
     assert f32["wire_bytes_per_round"] > f32["payload_bytes_per_round"] > 0
     # The encoded pushes really went through the aggregator, at about half and a quarter of the
     # bytes (a 1,000-parameter model: the safetensors header is a visible share of 4 kB).
     assert 1.8 <= fp16["push_cut"] <= 2.0 and 3.0 <= int8["push_cut"] <= 4.0
     assert int8["wire_up_bytes"] < fp16["wire_up_bytes"] < f32["wire_up_bytes"]
+    # Compressed pulls: the second round's pull was the delta, so the round shrinks further.
+    assert fp16_both["pull_payload_bytes"] < 0.6 * f32["pull_payload_bytes"]
+    assert int8_both["pull_payload_bytes"] < fp16_both["pull_payload_bytes"]
+    assert int8_both["round_cut"] > fp16_both["round_cut"] > fp16["round_cut"] > 1
 
     table = (out / "latest.md").read_text()
     for heading in ("## 1. Round overhead", "## 2. Aggregator peak RSS", "## 3. Feature extraction",

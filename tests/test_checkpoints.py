@@ -186,3 +186,22 @@ def test_a_failed_stream_leaves_no_file_and_the_previous_version(tmp_path):
         store.write_stream(2, {"architecture_id": "test"}, specs, short)
     assert store.versions() == [1] and list(tmp_path.glob(".*tmp*")) == []
     assert store.latest().version == 1
+
+
+def test_every_way_of_making_a_checkpoint_gives_the_same_data_digest(tmp_path):
+    """data_xxh3_128 covers the tensor bytes only: what a client rebuilding the model from a delta can check."""
+    from aggregator_service.checkpoints import write_in_memory
+    from model.encodings import TensorSpec
+    from model.serialization import data_xxh3
+
+    original = _ckpt(3, value=0.75)
+    arrays = {k: np.array(v) for k, v in original.arrays.items()}
+    specs = {k: TensorSpec(v.dtype, v.shape) for k, v in arrays.items()}
+    store = CheckpointStore(tmp_path)
+    meta = {"architecture_id": "test"}
+    streamed = store.write_stream(4, meta, specs, lambda name: iter([arrays[name]]))
+    in_memory = write_in_memory(4, meta, specs, lambda name: iter([arrays[name]]))
+    digests = {original.data_xxh3_128, store.save(original).data_xxh3_128, store.load(3).data_xxh3_128,
+               streamed.data_xxh3_128, in_memory.data_xxh3_128, data_xxh3(arrays)}
+    assert len(digests) == 1 and len(next(iter(digests))) == 32
+    assert original.xxh3_128 != original.data_xxh3_128  # the whole payload's checksum covers the header too

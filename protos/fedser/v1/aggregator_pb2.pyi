@@ -34,17 +34,21 @@ class TrainingPlan(_message.Message):
     def __init__(self, local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class PullModelRequest(_message.Message):
-    __slots__ = ("client_id", "min_version", "wait_seconds")
+    __slots__ = ("client_id", "min_version", "wait_seconds", "have_version", "accept_encodings")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     MIN_VERSION_FIELD_NUMBER: _ClassVar[int]
     WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    HAVE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_ENCODINGS_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     min_version: int
     wait_seconds: float
-    def __init__(self, client_id: _Optional[str] = ..., min_version: _Optional[int] = ..., wait_seconds: _Optional[float] = ...) -> None: ...
+    have_version: int
+    accept_encodings: _containers.RepeatedScalarFieldContainer[UpdateEncoding]
+    def __init__(self, client_id: _Optional[str] = ..., min_version: _Optional[int] = ..., wait_seconds: _Optional[float] = ..., have_version: _Optional[int] = ..., accept_encodings: _Optional[_Iterable[_Union[UpdateEncoding, str]]] = ...) -> None: ...
 
 class ModelHeader(_message.Message):
-    __slots__ = ("round", "model_version", "architecture_id", "labels", "feature_preset", "plan", "total_bytes", "sha256", "finished", "payload_omitted", "xxh3_128")
+    __slots__ = ("round", "model_version", "architecture_id", "labels", "feature_preset", "plan", "total_bytes", "sha256", "finished", "payload_omitted", "xxh3_128", "encoding", "base_version", "model_data_xxh3_128")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +60,9 @@ class ModelHeader(_message.Message):
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_OMITTED_FIELD_NUMBER: _ClassVar[int]
     XXH3_128_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_DATA_XXH3_128_FIELD_NUMBER: _ClassVar[int]
     round: int
     model_version: int
     architecture_id: str
@@ -67,7 +74,10 @@ class ModelHeader(_message.Message):
     finished: bool
     payload_omitted: bool
     xxh3_128: str
-    def __init__(self, round: _Optional[int] = ..., model_version: _Optional[int] = ..., architecture_id: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., feature_preset: _Optional[str] = ..., plan: _Optional[_Union[TrainingPlan, _Mapping]] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., finished: _Optional[bool] = ..., payload_omitted: _Optional[bool] = ..., xxh3_128: _Optional[str] = ...) -> None: ...
+    encoding: UpdateEncoding
+    base_version: int
+    model_data_xxh3_128: str
+    def __init__(self, round: _Optional[int] = ..., model_version: _Optional[int] = ..., architecture_id: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., feature_preset: _Optional[str] = ..., plan: _Optional[_Union[TrainingPlan, _Mapping]] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., finished: _Optional[bool] = ..., payload_omitted: _Optional[bool] = ..., xxh3_128: _Optional[str] = ..., encoding: _Optional[_Union[UpdateEncoding, str]] = ..., base_version: _Optional[int] = ..., model_data_xxh3_128: _Optional[str] = ...) -> None: ...
 
 class PullModelResponse(_message.Message):
     __slots__ = ("header", "chunk")

@@ -1,0 +1,71 @@
+"""Compressed pulls (--pull-encoding): the new global as the old one plus an encoded delta.
+
+A lossy delta cannot rebuild an arbitrary model exactly, so the aggregator
+makes the new global *be* what the delta rebuilds: ``new = apply_delta(old,
+encode(target - old))`` (model/encodings.py), with ``target`` the round's
+aggregate. A client that holds the old version then gets the same bits from
+the delta as from the whole model, and its next update's base is the version
+the aggregator holds. The rounding each round adds is that of one step of the
+model (unbiased for int8), not of the model itself, and does not accumulate:
+the next round's delta starts from the served model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping
+
+import numpy as np
+
+from model.encodings import Encoding, TensorSpec, apply_delta, encode_update
+from model.serialization import arrays_to_bytes, sha256_hex, xxh3_hex
+
+
+@dataclass(frozen=True)
+class PullDelta:
+    """The delta from ``base_version`` to ``version`` as a safetensors payload, with its checksums."""
+
+    base_version: int
+    version: int
+    encoding: Encoding
+    payload: bytes
+    sha256: str
+    xxh3_128: str
+
+    @property
+    def size(self) -> int:
+        return len(self.payload)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.payload[offset : offset + length]
+
+
+class SnapStep:
+    """One round's snapping: new global blocks tensor by tensor, then the delta they came from."""
+
+    def __init__(self, encoding: Encoding, old: Mapping[str, np.ndarray], specs: Mapping[str, TensorSpec],
+                 base_version: int, version: int) -> None:
+        self._encoding = encoding
+        self._old = old
+        self._specs = specs
+        self._base_version, self._version = base_version, version
+        # Stochastic int8 rounding, repeatable per version (a retried write draws the same).
+        self._rng = np.random.default_rng([0x70756C6C, version])
+        self._sent: dict[str, np.ndarray] = {}
+
+    def blocks(self, name: str, source: Callable[[str], Iterator[np.ndarray]]) -> Iterator[np.ndarray]:
+        """The snapped tensor ``name`` (one block), from the aggregate's blocks of it."""
+        spec = self._specs[name]
+        # Copies: a source may reuse one buffer for all its blocks.
+        target = np.concatenate([np.array(b, np.float32).reshape(-1) for b in source(name)] or
+                                [np.zeros(0, np.float32)]).reshape(spec.shape)
+        base = {name: self._old[name]}
+        sent = encode_update({name: target}, base, self._encoding, self._rng)
+        self._sent.update(sent)
+        yield apply_delta(base, sent, self._encoding)[name]
+
+    def finish(self) -> PullDelta:
+        payload = arrays_to_bytes(self._sent, {"base_version": str(self._base_version),
+                                               "model_version": str(self._version),
+                                               "encoding": self._encoding.value})
+        return PullDelta(self._base_version, self._version, self._encoding, payload, sha256_hex(payload),
+                         xxh3_hex(payload))
