@@ -69,14 +69,17 @@ def test_rounds_for_gives_each_e_its_own_rounds_for_fl_and_central_alike(tmp_pat
     lengths = {name: len((out / "runs" / f"{name}.csv").read_text().splitlines()) - 1
                for name in ("central-B16-E1", "speaker-K2-B16-E1", "central-B16-E2", "speaker-K2-B16-E2")}
     assert lengths == {"central-B16-E1": 4, "speaker-K2-B16-E1": 4, "central-B16-E2": 2, "speaker-K2-B16-E2": 2}
-    assert "1 rounds (E = 1: 3), learning rate" in (out / "results.md").read_text()
+    text = (out / "results.md").read_text()
+    assert "1 rounds (E = 1: 3), learning rate" in text and "FedAvgM (server momentum 0.6)" in text
 
 
-def test_default_rounds_and_what_an_explicit_rounds_means() -> None:
+def test_rounds_text_names_the_rounds_of_each_e() -> None:
     from experiments.simulate import GridConfig, rounds_text
 
     d = GridConfig()
-    assert (d.rounds_of(1), d.rounds_of(5)) == (80, 40)
-    assert rounds_text(d) == "40 rounds (E = 1: 80)"
-    assert rounds_text(GridConfig(local_epochs=(5,))) == "40 rounds"
-    assert rounds_text(GridConfig(local_epochs=(1,))) == "E = 1: 80 rounds"
+    assert (d.rounds_of(1), d.rounds_of(5)) == (40, 40) and rounds_text(d) == "40 rounds"
+    g = GridConfig(rounds_for=((1, 80),))
+    assert (g.rounds_of(1), g.rounds_of(5)) == (80, 40)
+    assert rounds_text(g) == "40 rounds (E = 1: 80)"
+    assert rounds_text(GridConfig(local_epochs=(5,), rounds_for=((1, 80),))) == "40 rounds"
+    assert rounds_text(GridConfig(local_epochs=(1,), rounds_for=((1, 80),))) == "E = 1: 80 rounds"
