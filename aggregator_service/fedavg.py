@@ -1,7 +1,7 @@
 """Streaming FedAvg: w = sum_k (n_k / m) * w_k, accumulated in float64 one update at a time.
 
 Memory is O(model) whatever the number of clients: no update is kept after it
-is folded in. Updates are folded block by block through one small float64
+is folded in, and a round's sums reuse the previous round's buffers. Updates are folded block by block through one small float64
 scratch buffer that stays in cache, so adding a 100 MB update allocates nothing
 and reads it once. Delta-encoded updates (model/encodings.py) add n_k * d_k;
 the global model they started from is added once, weighted by their samples,
@@ -22,10 +22,18 @@ BLOCK = 1 << 16  # elements per step: 512 KiB of float64 scratch, resident in L2
 class FedAvgAccumulator:
     """Running sum of n_k * w_k (float64) and m = sum of n_k."""
 
-    def __init__(self, template: Mapping[str, object]) -> None:
-        # template: name -> anything with .shape (arrays or TensorSpecs)
-        self._sums = {name: np.zeros(a.shape, dtype=np.float64) for name, a in template.items()}  # type: ignore[attr-defined]
-        self._scratch = np.empty(BLOCK, dtype=np.float64)
+    def __init__(self, template: Mapping[str, object], reuse: "FedAvgAccumulator | None" = None) -> None:
+        """``template``: name -> anything with .shape; ``reuse``: a finished accumulator whose buffers to take."""
+        shapes = {name: tuple(a.shape) for name, a in template.items()}  # type: ignore[attr-defined]
+        old = reuse._sums if reuse is not None else {}
+        # Sums are never zeroed: the first update of each tensor is written, not added. With the
+        # buffers of the previous round, a round allocates (and page-faults) nothing.
+        self._sums = {name: old[name] if name in old and old[name].shape == shape else np.empty(shape, np.float64)
+                      for name, shape in shapes.items()}
+        if reuse is not None:
+            reuse._sums = {}
+        self._written: set[str] = set()
+        self._scratch = reuse._scratch if reuse is not None else np.empty(BLOCK, dtype=np.float64)
         self.total_samples = 0
         self.delta_samples = 0  # samples behind updates sent as deltas from the base model
         self.updates = 0
@@ -43,6 +51,10 @@ class FedAvgAccumulator:
             acc = self._sums[t.name].reshape(-1)
             values = t.values.reshape(-1)
             weight = float(num_samples) * t.scale
+            if t.name not in self._written:
+                np.multiply(values, weight, out=acc, dtype=np.float64)
+                self._written.add(t.name)
+                continue
             for start in range(0, acc.size, BLOCK):
                 stop = min(start + BLOCK, acc.size)
                 s = scratch[: stop - start]
@@ -56,7 +68,13 @@ class FedAvgAccumulator:
     def merge(self, other: "FedAvgAccumulator") -> None:
         """Add another accumulator's partial sums (e.g. from a relay aggregator)."""
         for name, acc in self._sums.items():
-            np.add(acc, other._sums[name], out=acc)
+            if name not in other._written:
+                continue
+            if name in self._written:
+                np.add(acc, other._sums[name], out=acc)
+            else:
+                acc[...] = other._sums[name]
+                self._written.add(name)
         self.total_samples += other.total_samples
         self.delta_samples += other.delta_samples
         self.updates += other.updates
@@ -82,6 +100,9 @@ class FedAvgAccumulator:
         md = float(self.delta_samples)
         scratch = self._scratch
         out = np.empty(BLOCK, dtype=dtype)
+        if name not in self._written:  # no term of this tensor was added: its sum is zero
+            self._sums[name].fill(0.0)
+            self._written.add(name)
         flat_acc = self._sums[name].reshape(-1)
         flat_base = base[name].reshape(-1) if md and base is not None else None
         for start in range(0, flat_acc.size, BLOCK):

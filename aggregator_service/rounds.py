@@ -193,6 +193,7 @@ class RoundManager:
         self._global = initial
         self._specs = {k: TensorSpec(v.dtype, v.shape) for k, v in initial.arrays.items()}
         self._pull_deltas: dict[int, PullDelta] = {}
+        self._acc: Aggregator | None = None
         self._momentum = (ServerMomentum(self._specs, config.server_momentum, config.server_learning_rate,
                                          momentum_state) if config.uses_server_momentum else None)
         self._finished = bool(config.max_rounds) and initial.version >= config.max_rounds
@@ -373,7 +374,9 @@ class RoundManager:
 
     def _new_aggregator(self) -> Aggregator:
         if self.config.aggregation == "fedavg":
-            return FedAvgAccumulator(self._specs)
+            # The closed round's sums are written out: its buffers serve the next round.
+            previous = self._acc if isinstance(self._acc, FedAvgAccumulator) else None
+            return FedAvgAccumulator(self._specs, previous)
         return StackedAggregator(self._specs, self.config.aggregation, self.config.trim_fraction)
 
     def _try_close_locked(self, closed_by: str) -> None:

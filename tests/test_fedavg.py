@@ -139,3 +139,25 @@ def test_result_is_not_aliased_to_internal_state():
     out = acc.result()
     out["w"][:] = 99.0
     np.testing.assert_array_equal(acc.result()["w"], EXPECTED_W)
+
+
+def test_reused_buffers_start_from_nothing_and_the_old_accumulator_lets_go():
+    """A new round's accumulator takes the last one's buffers; its first update is written, not added."""
+    first = FedAvgAccumulator({"w": np.zeros(70_000, np.float32), "b": np.zeros(3, np.float32)})
+    first.add({"w": np.full(70_000, 5.0, np.float32), "b": np.full(3, 1.0, np.float32)}, 2)
+    buffer = first._sums["w"]
+    second = FedAvgAccumulator({"w": np.zeros(70_000, np.float32), "b": np.zeros(3, np.float32)}, reuse=first)
+    assert second._sums["w"] is buffer and first._sums == {}
+    second.add({"w": np.full(70_000, 1.0, np.float32), "b": np.full(3, 2.0, np.float32)}, 1)
+    second.add({"w": np.full(70_000, 4.0, np.float32), "b": np.full(3, -1.0, np.float32)}, 3)
+    out = second.result()
+    np.testing.assert_array_equal(out["w"], np.full(70_000, 3.25, np.float32))  # (1 + 12) / 4
+    np.testing.assert_array_equal(out["b"], np.full(3, -0.25, np.float32))  # (2 - 3) / 4
+
+
+def test_merge_into_an_empty_accumulator_copies():
+    a = FedAvgAccumulator({"w": np.zeros(4, np.float32)})
+    b = FedAvgAccumulator({"w": np.zeros(4, np.float32)})
+    b.add({"w": np.arange(4, dtype=np.float32)}, 2)
+    a.merge(b)
+    np.testing.assert_array_equal(a.result()["w"], np.arange(4, dtype=np.float32))
