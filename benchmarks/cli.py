@@ -6,7 +6,7 @@ Modes (section settings below; any can be overridden by a flag):
     default   the issue's matrix, under 20 minutes on 2 cores: N in {10, 50, 200} x {333,700, 25M}
               parameters, 5 rounds each (200 x 25M alone moves 37 GiB per round: ~10 of the minutes)
     --full    the default's rounds plus a 3x larger feature corpus, longer training runs and
-              5 repetitions of each reference
+              2 repetitions of the reference after each round
 """
 from __future__ import annotations
 
@@ -33,17 +33,17 @@ MODES: dict[str, dict[str, object]] = {
     "quick": {
         "combos": [(SMALL, 10), (SMALL, 50), (LARGE, 10)],
         "rounds": 3, "reference_reps": 1, "actors": 2, "train_seconds": 1.5, "wire_sizes": [LARGE],
-        "compression_rounds": 0, "feature_passes": 2,
+        "compression_rounds": 0, "compression_seeds": 1, "feature_passes": 2,
     },
     "default": {
         "combos": [(p, n) for p in (SMALL, LARGE) for n in (10, 50, 200)],
-        "rounds": 5, "reference_reps": 3, "actors": 8, "train_seconds": 8.0, "wire_sizes": [SMALL, LARGE],
-        "compression_rounds": 40, "feature_passes": 5,
+        "rounds": 5, "reference_reps": 1, "actors": 8, "train_seconds": 8.0, "wire_sizes": [SMALL, LARGE],
+        "compression_rounds": 30, "compression_seeds": 3, "feature_passes": 5,
     },
     "full": {
         "combos": [(p, n) for p in (SMALL, LARGE) for n in (10, 50, 200)],
-        "rounds": 5, "reference_reps": 5, "actors": 24, "train_seconds": 20.0, "wire_sizes": [SMALL, LARGE],
-        "compression_rounds": 40, "feature_passes": 7,
+        "rounds": 5, "reference_reps": 2, "actors": 24, "train_seconds": 20.0, "wire_sizes": [SMALL, LARGE],
+        "compression_rounds": 40, "compression_seeds": 3, "feature_passes": 7,
     },
 }
 ALL_COMBOS = MODES["full"]["combos"]
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="harness check, under 3 minutes")
     mode.add_argument("--full", action="store_true",
-                      help="a 3x larger feature corpus, longer training runs, 5 reference repetitions")
+                      help="a 3x larger feature corpus, longer training runs, 2 reference repetitions a round")
     p.add_argument("--only", default=",".join(SECTIONS),
                    help=f"comma-separated sections to run: {', '.join(SECTIONS)} (round and rss share their runs)")
     p.add_argument("--params", type=_ints, help="model sizes for round/rss, e.g. 333700,25000000 "
@@ -68,14 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, help="rounds per combo")
     p.add_argument("--push-concurrency", type=int, help="client-side bound on concurrent pushes (default: "
                    "none; the aggregator bounds the pushes it reads by its receive buffers)")
-    p.add_argument("--reference-reps", type=int, help="repetitions of each reference measurement (median)")
+    p.add_argument("--reference-reps", type=int, help="repetitions of the reference after each round (median; "
+                   "default 1, --full 2)")
     p.add_argument("--actors", type=int, help="synthetic actors of the feature corpus (36 files each)")
     p.add_argument("--feature-passes", type=int, help="interleaved passes of every feature pipeline (median; "
                    "default 5, --quick 2, --full 7)")
     p.add_argument("--no-librosa", action="store_true", help="skip the seed's librosa pipeline")
     p.add_argument("--train-seconds", type=float, help="target seconds of each timed training run")
+    p.add_argument("--compression-seeds", type=int, help="demo runs per combination in section 6 (default: 3)")
     p.add_argument("--compression-rounds", type=int,
-                   help="demo rounds per update encoding in section 6 (default: 40; --quick: 0 = skipped)")
+                   help="demo rounds per run in section 6 (default: 30, --full 40; --quick: 0 = skipped)")
     p.add_argument("--no-cuda", action="store_true", help="train on the CPU only even when CUDA is present")
     p.add_argument("--wire-sizes", type=_ints, help="synthetic model sizes for the wire section")
     p.add_argument("--wire-architectures", help="registered architectures for the wire section "
@@ -115,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_s = a.train_seconds if a.train_seconds is not None else cfg["train_seconds"]
     wire_sizes = a.wire_sizes if a.wire_sizes is not None else cfg["wire_sizes"]
     compression_rounds = a.compression_rounds if a.compression_rounds is not None else cfg["compression_rounds"]
+    compression_seeds = a.compression_seeds or cfg["compression_seeds"]
     if min([rounds, reps, actors, feature_passes]) < 1 or any(p <= 64 for p, _ in combos) or any(n < 1 for _, n in combos):
         parser.error("rounds, reference reps, actors and feature passes must be >= 1, params > 64, clients >= 1")
 
@@ -129,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "machine": machine_info(),
             "settings": {"sections": only, "combos": combos, "rounds": rounds, "reference_reps": reps,
                          "actors": actors, "feature_passes": feature_passes, "train_seconds": train_s, "wire_sizes": wire_sizes,
-                         "compression_rounds": compression_rounds,
+                         "compression_rounds": compression_rounds, "compression_seeds": compression_seeds,
                          "push_concurrency": a.push_concurrency},
             "note": a.note,
         },
@@ -180,7 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             log(f"compression: {compression_rounds} demo rounds per encoding")
             sections["compression"] = _guard(failures, "compression",
-                                             lambda: compression.run(workdir, compression_rounds, log=log))
+                                             lambda: compression.run(workdir, compression_rounds, compression_seeds,
+                                                                     log=log))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -61,7 +61,9 @@ def render(result: dict[str, Any]) -> str:
         r = sec["round"]
         lines += ["", "## 1. Round overhead, no training (median of the rounds)", "",
                   "reference = loopback TCP time for the same bytes (N pulls + N pushes, one connection) "
-                  "+ numpy FedAvg weighted sum of the N updates (float64 accumulator); ratio = round / reference.", ""]
+                  "+ numpy FedAvg weighted sum of the N updates (float64 accumulator), measured right after each round "
+                  "while the aggregator idles; ratio = median over the rounds of round / its own reference "
+                  "(the columns give medians).", ""]
         lines += _table(
             ["params", "N", "rounds", "median round s", "pull phase s", "push phase s", "bytes per round",
              "loopback s", "weighted sum s", "reference s", "**ratio**", "aggregator CPU s / round",

@@ -308,6 +308,9 @@ def run_combo(params: int, clients: int, rounds: int, workdir: Path, push_concur
         "--busy-wait", "600",
     ])
     records: list[RoundRecord] = []
+    weights = [n_k(k) for k in range(clients)]
+    loop: list[float] = []
+    sums: list[float] = []
     try:
         rss_ready_kib = agg.rss_kib()
         fleet = Fleet(agg.target, clients, rounds, push_concurrency)
@@ -337,7 +340,14 @@ def run_combo(params: int, clients: int, rounds: int, workdir: Path, push_concur
                 harness_cpu_s=own1 - own0,
                 aggregator_rss_mib=None if rss is None else rss / 1024,
             ))
-            log(f"  [round] params={params:,} N={clients} round {r}/{rounds}: {records[-1].seconds:.3f} s")
+            # The reference for this round, measured right after it while the aggregator idles: the
+            # shared VM's speed drifts from minute to minute, so each round is paired with its own.
+            done = fleet.payloads[r]
+            round_bytes = clients * (done.pulled_bytes + done.total_bytes)
+            loop.append(median([loopback_seconds(round_bytes) for _ in range(reference_reps)]))
+            sums.append(median([weighted_sum_seconds(params, weights) for _ in range(reference_reps)]))
+            log(f"  [round] params={params:,} N={clients} round {r}/{rounds}: {records[-1].seconds:.3f} s, "
+                f"reference {loop[-1] + sums[-1]:.3f} s")
         for t in threads:
             t.join(60)
         if fleet.errors:
@@ -358,11 +368,9 @@ def run_combo(params: int, clients: int, rounds: int, workdir: Path, push_concur
         shutil.rmtree(combo_dir, ignore_errors=True)
 
     total_bytes = clients * (pull_bytes + push_bytes)
-    weights = [n_k(k) for k in range(clients)]
-    loop = [loopback_seconds(total_bytes) for _ in range(reference_reps)]
-    sums = [weighted_sum_seconds(params, weights) for _ in range(reference_reps)]
     round_s = median([x.seconds for x in records])
     reference_s = median(loop) + median(sums)
+    paired = [x.seconds / (a + b) for x, a, b in zip(records, loop, sums) if a + b > 0]
     return {
         "params": params,
         "clients": clients,
@@ -383,7 +391,10 @@ def run_combo(params: int, clients: int, rounds: int, workdir: Path, push_concur
         "loopback_gib_per_s": round(total_bytes / median(loop) / 2**30, 3) if median(loop) > 0 else None,
         "weighted_sum_s": sig(median(sums)),
         "reference_s": sig(reference_s),
-        "ratio": sig(round_s / reference_s, 3) if reference_s > 0 else None,
+        "ratio": sig(median(paired), 3) if paired else None,
+        "ratio_of_medians": sig(round_s / reference_s, 3) if reference_s > 0 else None,
+        "paired_ratios": [sig(x, 3) for x in paired],
+        "reference_s_per_round": [sig(a + b) for a, b in zip(loop, sums)],
         "aggregator_start_s": round(agg.start_s, 2),
         "aggregator_rss_ready_mib": None if rss_ready_kib is None else round(rss_ready_kib / 1024, 1),
         "aggregator_rss_after_round_mib": [None if x.aggregator_rss_mib is None else round(x.aggregator_rss_mib, 1) for x in records],
