@@ -38,7 +38,7 @@ MODES: dict[str, dict[str, object]] = {
     "default": {
         "combos": [(p, n) for p in (SMALL, LARGE) for n in (10, 50, 200)],
         "rounds": 5, "reference_reps": 1, "actors": 8, "train_seconds": 8.0, "wire_sizes": [SMALL, LARGE],
-        "compression_rounds": 30, "compression_seeds": 3, "feature_passes": 5,
+        "compression_rounds": 30, "compression_seeds": 2, "feature_passes": 5,
     },
     "full": {
         "combos": [(p, n) for p in (SMALL, LARGE) for n in (10, 50, 200)],
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "default 5, --quick 2, --full 7)")
     p.add_argument("--no-librosa", action="store_true", help="skip the seed's librosa pipeline")
     p.add_argument("--train-seconds", type=float, help="target seconds of each timed training run")
-    p.add_argument("--compression-seeds", type=int, help="demo runs per combination in section 6 (default: 3)")
+    p.add_argument("--compression-seeds", type=int, help="demo runs per combination in section 6 (default: 2, --full 3)")
     p.add_argument("--compression-rounds", type=int,
                    help="demo rounds per run in section 6 (default: 30, --full 40; --quick: 0 = skipped)")
     p.add_argument("--no-cuda", action="store_true", help="train on the CPU only even when CUDA is present")

@@ -66,6 +66,7 @@ CHANNEL_OPTIONS = [
 ]
 BIG_DELTA = np.float32(1e-3)  # added to every element of a_big each round (the same in every update)
 RPC_TIMEOUT_S = 900.0
+REFERENCE_CLIENTS = 50  # references for more clients are timed for this many and scaled linearly
 
 
 def n_k(k: int) -> int:
@@ -342,10 +343,16 @@ def run_combo(params: int, clients: int, rounds: int, workdir: Path, push_concur
             ))
             # The reference for this round, measured right after it while the aggregator idles: the
             # shared VM's speed drifts from minute to minute, so each round is paired with its own.
+            # Both references are linear in N (bytes through one connection, one update after another);
+            # above REFERENCE_CLIENTS they are timed for that many clients and scaled, which keeps a
+            # 200 x 25M reference at ~6 s instead of ~25 s a round.
             done = fleet.payloads[r]
-            round_bytes = clients * (done.pulled_bytes + done.total_bytes)
-            loop.append(median([loopback_seconds(round_bytes) for _ in range(reference_reps)]))
-            sums.append(median([weighted_sum_seconds(params, weights) for _ in range(reference_reps)]))
+            measured_clients = min(clients, REFERENCE_CLIENTS)
+            scale = clients / measured_clients
+            sample_bytes = measured_clients * (done.pulled_bytes + done.total_bytes)
+            loop.append(scale * median([loopback_seconds(sample_bytes) for _ in range(reference_reps)]))
+            sums.append(scale * median([weighted_sum_seconds(params, weights[:measured_clients])
+                                        for _ in range(reference_reps)]))
             log(f"  [round] params={params:,} N={clients} round {r}/{rounds}: {records[-1].seconds:.3f} s, "
                 f"reference {loop[-1] + sums[-1]:.3f} s")
         for t in threads:
