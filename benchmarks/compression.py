@@ -24,11 +24,13 @@ def _rows(path: Path) -> list[dict[str, float]]:
 
 def _one(cfg: DemoConfig) -> dict[str, float]:
     started = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()) as printed:
+    with contextlib.redirect_stdout(io.StringIO()) as printed, contextlib.redirect_stderr(io.StringIO()) as errors:
         code = run_demo(cfg)  # reuses the corpus and the feature cache of the seed's first run
     if code != 0:
-        raise RuntimeError(f"demo with {cfg.update_encoding} / {cfg.pull_encoding} failed: "
-                           f"{printed.getvalue()[-500:]}")
+        # The demo's own account of the failure (which client, how it exited, its last log lines):
+        # the logs themselves go with the benchmark's temporary folder.
+        raise RuntimeError(f"demo with {cfg.update_encoding} / {cfg.pull_encoding} failed:\n"
+                           f"{printed.getvalue()[-300:]}\n{errors.getvalue()[-3000:]}")
     per_round = _rows(cfg.out / "results.csv")
     last5 = per_round[-5:]
     return {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -162,6 +163,8 @@ def run(cfg: DemoConfig) -> int:
     if failed or not rows or rows[-1].version < cfg.rounds:
         print(f"fedser demo: the run did not complete (clients failed: {failed or 'none'}); logs in {logs}",
               file=sys.stderr)
+        for k in failed:
+            print(_exit_text(k, clients[k - 1].returncode, logs / f"client-{k}.log"), file=sys.stderr)
         return 1
     _write_results(rows, out)
     final = rows[-1]
@@ -174,6 +177,16 @@ def run(cfg: DemoConfig) -> int:
     print(f"  checkpoint: {checkpoints / f'global-v{final.version:08d}.safetensors'}")
     print(f"  logs:       {logs}/")
     return 0
+
+
+def _exit_text(k: int, code: int, log_path: Path) -> str:
+    """One failed client's exit, as the demo reports it: the code (a signal, if it had to be killed) and its last lines."""
+    how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+    try:
+        tail = log_path.read_text(errors="replace").splitlines()[-5:]
+    except OSError:
+        tail = ["(no log)"]
+    return f"  client-{k}: {how}; last lines of its log:\n    " + "\n    ".join(tail)
 
 
 def _follow(target: str, cfg: DemoConfig, clients: list, logs: Path) -> list[RoundRow]:
