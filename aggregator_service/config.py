@@ -71,6 +71,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     add("--local-epochs", int, r.plan.local_epochs, "local epochs E in each client's plan")
     add("--batch-size", int, r.plan.batch_size, "batch size B in each client's plan")
     add("--learning-rate", float, r.plan.learning_rate, "learning rate in each client's plan")
+    add("--proximal-mu", float, r.plan.proximal_mu,
+        "FedProx: clients add mu / 2 * ||w - w_global||^2 to their loss; 0 is FedAvg's plain local training")
     add("--max-samples", int, r.max_samples, "largest n_k an update may declare")
     add("--max-workers", int, d.max_workers, "gRPC worker threads (each open stream holds one)")
     add("--max-streams-per-client", int, d.limits.max_streams_per_client, "open streams one client may hold")
@@ -135,7 +137,7 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
             round_timeout_s=a.round_timeout,
             max_rounds=a.rounds,
             max_samples=a.max_samples,
-            plan=TrainingPlan(a.local_epochs, a.batch_size, a.learning_rate),
+            plan=TrainingPlan(a.local_epochs, a.batch_size, a.learning_rate, a.proximal_mu),
             aggregation=a.aggregation,
             trim_fraction=a.trim_fraction,
             clip_norm=a.clip_norm,

@@ -168,6 +168,7 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
                 local_epochs=cfg.plan.local_epochs,
                 batch_size=cfg.plan.batch_size,
                 learning_rate=cfg.plan.learning_rate,
+                proximal_mu=cfg.plan.proximal_mu,
                 deadline=_timestamp(status.deadline_unix),
             ),
             total_bytes=source.size,

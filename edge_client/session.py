@@ -150,7 +150,7 @@ class FederatedSession:
         """Train on the pulled model and push the update (experiments.simulate wraps this to take turns)."""
         h = pulled.header
         load_arrays_into(model, pulled.arrays)
-        plan = TrainingPlan(h.plan.local_epochs, h.plan.batch_size, h.plan.learning_rate)
+        plan = TrainingPlan(h.plan.local_epochs, h.plan.batch_size, h.plan.learning_rate, h.plan.proximal_mu)
         try:
             result = train_local(model, self.data.train_x, self.data.train_y, plan, self.config.device,
                                  seed=self.config.seed * 100003 + h.round, stop=self.stop)

@@ -85,7 +85,7 @@ def test_defaults():
     assert (r.clients_per_round, r.min_clients, r.round_timeout_s, r.max_rounds, r.max_samples) == (
         3, 2, 300.0, 0, 10_000_000,
     )
-    assert (r.plan.local_epochs, r.plan.batch_size, r.plan.learning_rate) == (2, 16, 1e-3)
+    assert (r.plan.local_epochs, r.plan.batch_size, r.plan.learning_rate, r.plan.proximal_mu) == (2, 16, 1e-3, 0.0)
 
 
 def test_flags_override_defaults():
@@ -94,7 +94,7 @@ def test_flags_override_defaults():
             "--insecure", "--host", "0.0.0.0", "--port", "6000", "--metrics-port", "0",
             "--checkpoint-dir", "/tmp/ck", "--clients-per-round", "5", "--min-clients", "4",
             "--round-timeout", "12.5", "--rounds", "7", "--local-epochs", "3", "--batch-size", "8",
-            "--learning-rate", "0.01", "--max-workers", "2", "--ready-file", "ready.json",
+            "--learning-rate", "0.01", "--proximal-mu", "0.05", "--max-workers", "2", "--ready-file", "ready.json",
         ],
         {},
     )
@@ -103,7 +103,7 @@ def test_flags_override_defaults():
     assert c.ready_file == Path("ready.json")
     r = c.rounds
     assert (r.clients_per_round, r.min_clients, r.round_timeout_s, r.max_rounds) == (5, 4, 12.5, 7)
-    assert (r.plan.local_epochs, r.plan.batch_size, r.plan.learning_rate) == (3, 8, 0.01)
+    assert (r.plan.local_epochs, r.plan.batch_size, r.plan.learning_rate, r.plan.proximal_mu) == (3, 8, 0.01, 0.05)
     assert c.max_workers == 4  # raised to the floor of 4
 
 
@@ -171,6 +171,7 @@ def test_min_clients_above_env_clients_per_round_exits(capsys):
         (["--batch-size", "0"], "error: local_epochs and batch_size must be >= 1 and learning_rate > 0"),
         (["--learning-rate", "0"], "error: local_epochs and batch_size must be >= 1 and learning_rate > 0"),
         (["--round-timeout", "0"], "error: round_timeout_s must be > 0"),
+        (["--proximal-mu", "-1"], "error: proximal_mu must be a finite number >= 0"),
         (["--rounds", "-1"], "error: max_rounds must be >= 0"),
         (["--port", "x"], "error: argument --port: invalid int value: 'x'"),
     ],

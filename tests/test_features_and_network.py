@@ -243,3 +243,55 @@ def test_local_training_is_repeatable_with_the_same_seed() -> None:
         results.append(model.classifier.weight.detach().clone())
     assert torch.equal(results[0], results[1])
     assert not torch.equal(results[0], results[2])
+
+
+def _reference_fedprox(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, plan, seed: int) -> None:
+    """FedProx as the paper writes it: the proximal term in the loss, differentiated by autograd."""
+    anchor = [p.detach().clone() for p in model.parameters()]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model.train()
+        opt = torch.optim.Adam(model.parameters(), lr=plan.learning_rate)
+        gen = torch.Generator().manual_seed(seed)
+        xs, ys = torch.from_numpy(x), torch.from_numpy(y)
+        for _ in range(plan.local_epochs):
+            order = torch.randperm(len(xs), generator=gen)
+            for start in range(0, len(xs), plan.batch_size):
+                idx = order[start : start + plan.batch_size]
+                opt.zero_grad(set_to_none=True)
+                loss = torch.nn.functional.cross_entropy(model(xs[idx]), ys[idx])
+                prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
+                (loss + 0.5 * plan.proximal_mu * prox).backward()
+                opt.step()
+
+
+def test_fedprox_local_training_matches_the_proximal_loss_and_stays_nearer_the_global_model() -> None:
+    from edge_client.training import train_local
+    from model.plan import TrainingPlan
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(48, 1, 97)).astype(np.float32)
+    y = rng.integers(0, 4, size=48)
+    start = torch.cat([p.detach().flatten() for p in build_model("seed-cnn-v1", seed=0).parameters()])
+
+    def trained(mu: float) -> torch.Tensor:
+        model = build_model("seed-cnn-v1", seed=0)
+        train_local(model, x, y, TrainingPlan(3, 8, 1e-3, proximal_mu=mu), torch.device("cpu"), seed=5)
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    reference = build_model("seed-cnn-v1", seed=0)
+    _reference_fedprox(reference, x, y, TrainingPlan(3, 8, 1e-3, proximal_mu=0.5), seed=5)
+    expected = torch.cat([p.detach().flatten() for p in reference.parameters()])
+    got = trained(0.5)
+    assert torch.allclose(got, expected, rtol=0, atol=2e-5), float((got - expected).abs().max())
+    # The larger mu, the shorter the step away from the pulled global model.
+    distances = [float((trained(mu) - start).norm()) for mu in (0.0, 0.5, 50.0)]
+    assert distances[0] > distances[1] > distances[2] > 0
+
+
+def test_a_negative_or_infinite_proximal_mu_is_refused() -> None:
+    from model.plan import TrainingPlan
+
+    for bad in (-0.1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="proximal_mu must be a finite number >= 0"):
+            TrainingPlan(proximal_mu=bad)

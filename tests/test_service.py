@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from fedser.v1 import aggregator_pb2 as pb
+from fedser.v1 import aggregator_pb2_grpc as pb_grpc
 from model.serialization import arrays_to_bytes, bytes_to_arrays, iter_chunks, sha256_hex
 from tests.conftest import scrape
 
@@ -48,6 +49,7 @@ def test_pull_serves_the_seeded_initial_model_in_chunks(stub, aggregator):
     assert list(header.labels) == ["neutral", "happy", "sad", "angry"]
     assert header.total_bytes == len(payload) and header.sha256 == sha256_hex(payload)
     assert header.plan.local_epochs >= 1 and header.plan.batch_size >= 1
+    assert header.plan.proximal_mu == 0.0  # FedProx is off unless --proximal-mu is given
     assert sum(a.size for a in arrays.values()) == 333_700
     # The seeded initial model is the stored version 0, byte for byte.
     assert payload == (aggregator.manager.global_model.payload)
@@ -224,3 +226,24 @@ def test_long_poll_pull_waits_then_omits_the_payload(stub):
     responses = list(stub.PullModel(pb.PullModelRequest(client_id="t", min_version=1, wait_seconds=0.3), timeout=10))
     assert len(responses) == 1
     assert responses[0].header.payload_omitted and responses[0].header.model_version == 0
+
+
+def test_the_plan_carries_fedprox_mu_to_clients(tmp_path):
+    """The aggregator's --proximal-mu reaches every client in the pulled header (0 when unset)."""
+    from aggregator_service.config import AggregatorConfig
+    from aggregator_service.rounds import RoundConfig
+    from aggregator_service.server import start
+    from model.plan import TrainingPlan
+
+    running = start(AggregatorConfig(
+        host="127.0.0.1", port=0, metrics_port=0, checkpoint_dir=tmp_path / "ckpt", insecure=True,
+        rounds=RoundConfig(clients_per_round=1, min_clients=1, round_timeout_s=600,
+                           plan=TrainingPlan(3, 8, 5e-4, proximal_mu=0.25)),
+    ))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            header, _, _ = pull(pb_grpc.AggregatorStub(channel))
+    finally:
+        running.stop(grace_s=1)
+    assert (header.plan.local_epochs, header.plan.batch_size, header.plan.learning_rate) == (3, 8, 5e-4)
+    assert header.plan.proximal_mu == 0.25

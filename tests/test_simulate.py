@@ -4,6 +4,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pytest
+
 from experiments.simulate import main
 
 
@@ -83,3 +85,24 @@ def test_rounds_text_names_the_rounds_of_each_e() -> None:
     assert rounds_text(g) == "40 rounds (E = 1: 80)"
     assert rounds_text(GridConfig(local_epochs=(5,), rounds_for=((1, 80),))) == "40 rounds"
     assert rounds_text(GridConfig(local_epochs=(1,), rounds_for=((1, 80),))) == "E = 1: 80 rounds"
+
+
+def test_proximal_mu_reaches_the_clients_training_through_the_aggregator(tmp_path: Path) -> None:
+    """--proximal-mu goes into the aggregator's plan, the clients train with it (scores move), the footer says so."""
+    grid = ["--clients", "2", "--batch-sizes", "16", "--local-epochs", "2", "--partitions", "speaker",
+            "--rounds", "2", "--actors", "6", "--no-central"]
+    assert main([*grid, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*grid, "--proximal-mu", "5", "--data", str(tmp_path / "plain" / "corpus"),
+                 "--out", str(tmp_path / "prox")]) == 0
+    plain, prox = ([line.split(",")[:-1] for line in (tmp_path / d / "runs" / "speaker-K2-B16-E2.csv")
+                    .read_text().splitlines()] for d in ("plain", "prox"))
+    assert plain[:2] == prox[:2]  # header and round 0: the same initial model
+    assert plain[2:] != prox[2:]  # rounds 1-2 trained under the proximal term
+    assert "FedAvgM (server momentum 0.6) with FedProx (mu 5)" in (tmp_path / "prox" / "results.md").read_text()
+
+
+def test_a_negative_proximal_mu_is_a_usage_error(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--proximal-mu", "-1", "--out", str(tmp_path / "bad")])
+    assert exc.value.code == 2
+    assert "--proximal-mu must be a finite number >= 0" in capsys.readouterr().err

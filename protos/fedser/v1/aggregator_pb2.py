@@ -25,43 +25,43 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65\x64ser/v1/aggregator.proto\x12\tfedser.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"}\n\x0cTrainingPlan\x12\x14\n\x0clocal_epochs\x18\x01 \x01(\r\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x15\n\rlearning_rate\x18\x03 \x01(\x01\x12,\n\x08\x64\x65\x61\x64line\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb1\x01\n\x10PullModelRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x13\n\x0bmin_version\x18\x02 \x01(\x04\x12\x14\n\x0cwait_seconds\x18\x03 \x01(\x01\x12\x19\n\x0chave_version\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x33\n\x10\x61\x63\x63\x65pt_encodings\x18\x05 \x03(\x0e\x32\x19.fedser.v1.UpdateEncodingB\x0f\n\r_have_version\"\xdd\x02\n\x0bModelHeader\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x15\n\rmodel_version\x18\x02 \x01(\x04\x12\x17\n\x0f\x61rchitecture_id\x18\x03 \x01(\t\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x16\n\x0e\x66\x65\x61ture_preset\x18\x05 \x01(\t\x12%\n\x04plan\x18\x06 \x01(\x0b\x32\x17.fedser.v1.TrainingPlan\x12\x13\n\x0btotal_bytes\x18\x07 \x01(\x04\x12\x0e\n\x06sha256\x18\x08 \x01(\t\x12\x10\n\x08\x66inished\x18\t \x01(\x08\x12\x17\n\x0fpayload_omitted\x18\n \x01(\x08\x12\x10\n\x08xxh3_128\x18\x0b \x01(\t\x12+\n\x08\x65ncoding\x18\x0c \x01(\x0e\x32\x19.fedser.v1.UpdateEncoding\x12\x14\n\x0c\x62\x61se_version\x18\r \x01(\x04\x12\x1b\n\x13model_data_xxh3_128\x18\x0e \x01(\t\"Y\n\x11PullModelResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.fedser.v1.ModelHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"\xfe\x01\n\x0cUpdateHeader\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x13\n\x0bnum_samples\x18\x03 \x01(\x03\x12\x11\n\tupdate_id\x18\x04 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x04\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x12\n\ntrain_loss\x18\x07 \x01(\x01\x12\x16\n\x0etrain_accuracy\x18\x08 \x01(\x01\x12\x14\n\x0c\x62\x61se_version\x18\t \x01(\x04\x12+\n\x08\x65ncoding\x18\n \x01(\x0e\x32\x19.fedser.v1.UpdateEncoding\x12\x10\n\x08xxh3_128\x18\x0b \x01(\t\"Z\n\x11PushUpdateRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.fedser.v1.UpdateHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"~\n\x12PushUpdateResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x19\n\x11\x61\x63\x63\x65pted_in_round\x18\x04 \x01(\r\x12\x19\n\x11\x63lients_per_round\x18\x05 \x01(\r\"e\n\x11\x45valuationMetrics\x12\x10\n\x08\x65xamples\x18\x01 \x01(\x04\x12\x0c\n\x04loss\x18\x02 \x01(\x01\x12\x10\n\x08\x61\x63\x63uracy\x18\x03 \x01(\x01\x12\x0b\n\x03uar\x18\x04 \x01(\x01\x12\x11\n\tconfusion\x18\x05 \x03(\x04\"r\n\x17ReportEvaluationRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x04\x12-\n\x07metrics\x18\x03 \x01(\x0b\x32\x1c.fedser.v1.EvaluationMetrics\"+\n\x18ReportEvaluationResponse\x12\x0f\n\x07reports\x18\x01 \x01(\r\"\x12\n\x10GetStatusRequest\"\xa1\x01\n\x0cRoundSummary\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x15\n\rmodel_version\x18\x02 \x01(\x04\x12\x14\n\x0cparticipants\x18\x03 \x01(\r\x12\x0f\n\x07samples\x18\x04 \x01(\x04\x12\x18\n\x10\x64uration_seconds\x18\x05 \x01(\x01\x12\x12\n\ntrain_loss\x18\x06 \x01(\x01\x12\x16\n\x0etrain_accuracy\x18\x07 \x01(\x01\"j\n\x11VersionEvaluation\x12\x15\n\rmodel_version\x18\x01 \x01(\x04\x12\x0f\n\x07reports\x18\x02 \x01(\r\x12-\n\x07metrics\x18\x03 \x01(\x0b\x32\x1c.fedser.v1.EvaluationMetrics\"\xee\x02\n\x11GetStatusResponse\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x15\n\rmodel_version\x18\x02 \x01(\x04\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12\x19\n\x11\x61\x63\x63\x65pted_in_round\x18\x04 \x01(\r\x12\x19\n\x11\x63lients_per_round\x18\x05 \x01(\r\x12\x13\n\x0bmin_clients\x18\x06 \x01(\r\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07overdue\x18\x08 \x01(\x08\x12\x17\n\x0f\x61rchitecture_id\x18\t \x01(\t\x12\x0e\n\x06labels\x18\n \x03(\t\x12\x12\n\nmax_rounds\x18\x0b \x01(\x04\x12\'\n\x06rounds\x18\x0c \x03(\x0b\x32\x17.fedser.v1.RoundSummary\x12\x31\n\x0b\x65valuations\x18\r \x03(\x0b\x32\x1c.fedser.v1.VersionEvaluation*\x91\x01\n\x0eUpdateEncoding\x12\x1f\n\x1bUPDATE_ENCODING_UNSPECIFIED\x10\x00\x12\x1b\n\x17UPDATE_ENCODING_FLOAT32\x10\x01\x12!\n\x1dUPDATE_ENCODING_FLOAT16_DELTA\x10\x02\x12\x1e\n\x1aUPDATE_ENCODING_INT8_DELTA\x10\x03\x32\xc8\x02\n\nAggregator\x12H\n\tPullModel\x12\x1b.fedser.v1.PullModelRequest\x1a\x1c.fedser.v1.PullModelResponse0\x01\x12K\n\nPushUpdate\x12\x1c.fedser.v1.PushUpdateRequest\x1a\x1d.fedser.v1.PushUpdateResponse(\x01\x12[\n\x10ReportEvaluation\x12\".fedser.v1.ReportEvaluationRequest\x1a#.fedser.v1.ReportEvaluationResponse\x12\x46\n\tGetStatus\x12\x1b.fedser.v1.GetStatusRequest\x1a\x1c.fedser.v1.GetStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65\x64ser/v1/aggregator.proto\x12\tfedser.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\x01\n\x0cTrainingPlan\x12\x14\n\x0clocal_epochs\x18\x01 \x01(\r\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x15\n\rlearning_rate\x18\x03 \x01(\x01\x12,\n\x08\x64\x65\x61\x64line\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bproximal_mu\x18\x05 \x01(\x01\"\xb1\x01\n\x10PullModelRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x13\n\x0bmin_version\x18\x02 \x01(\x04\x12\x14\n\x0cwait_seconds\x18\x03 \x01(\x01\x12\x19\n\x0chave_version\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x33\n\x10\x61\x63\x63\x65pt_encodings\x18\x05 \x03(\x0e\x32\x19.fedser.v1.UpdateEncodingB\x0f\n\r_have_version\"\xdd\x02\n\x0bModelHeader\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x15\n\rmodel_version\x18\x02 \x01(\x04\x12\x17\n\x0f\x61rchitecture_id\x18\x03 \x01(\t\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x16\n\x0e\x66\x65\x61ture_preset\x18\x05 \x01(\t\x12%\n\x04plan\x18\x06 \x01(\x0b\x32\x17.fedser.v1.TrainingPlan\x12\x13\n\x0btotal_bytes\x18\x07 \x01(\x04\x12\x0e\n\x06sha256\x18\x08 \x01(\t\x12\x10\n\x08\x66inished\x18\t \x01(\x08\x12\x17\n\x0fpayload_omitted\x18\n \x01(\x08\x12\x10\n\x08xxh3_128\x18\x0b \x01(\t\x12+\n\x08\x65ncoding\x18\x0c \x01(\x0e\x32\x19.fedser.v1.UpdateEncoding\x12\x14\n\x0c\x62\x61se_version\x18\r \x01(\x04\x12\x1b\n\x13model_data_xxh3_128\x18\x0e \x01(\t\"Y\n\x11PullModelResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.fedser.v1.ModelHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"\xfe\x01\n\x0cUpdateHeader\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x13\n\x0bnum_samples\x18\x03 \x01(\x03\x12\x11\n\tupdate_id\x18\x04 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x04\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x12\n\ntrain_loss\x18\x07 \x01(\x01\x12\x16\n\x0etrain_accuracy\x18\x08 \x01(\x01\x12\x14\n\x0c\x62\x61se_version\x18\t \x01(\x04\x12+\n\x08\x65ncoding\x18\n \x01(\x0e\x32\x19.fedser.v1.UpdateEncoding\x12\x10\n\x08xxh3_128\x18\x0b \x01(\t\"Z\n\x11PushUpdateRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.fedser.v1.UpdateHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"~\n\x12PushUpdateResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x19\n\x11\x61\x63\x63\x65pted_in_round\x18\x04 \x01(\r\x12\x19\n\x11\x63lients_per_round\x18\x05 \x01(\r\"e\n\x11\x45valuationMetrics\x12\x10\n\x08\x65xamples\x18\x01 \x01(\x04\x12\x0c\n\x04loss\x18\x02 \x01(\x01\x12\x10\n\x08\x61\x63\x63uracy\x18\x03 \x01(\x01\x12\x0b\n\x03uar\x18\x04 \x01(\x01\x12\x11\n\tconfusion\x18\x05 \x03(\x04\"r\n\x17ReportEvaluationRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x04\x12-\n\x07metrics\x18\x03 \x01(\x0b\x32\x1c.fedser.v1.EvaluationMetrics\"+\n\x18ReportEvaluationResponse\x12\x0f\n\x07reports\x18\x01 \x01(\r\"\x12\n\x10GetStatusRequest\"\xa1\x01\n\x0cRoundSummary\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x15\n\rmodel_version\x18\x02 \x01(\x04\x12\x14\n\x0cparticipants\x18\x03 \x01(\r\x12\x0f\n\x07samples\x18\x04 \x01(\x04\x12\x18\n\x10\x64uration_seconds\x18\x05 \x01(\x01\x12\x12\n\ntrain_loss\x18\x06 \x01(\x01\x12\x16\n\x0etrain_accuracy\x18\x07 \x01(\x01\"j\n\x11VersionEvaluation\x12\x15\n\rmodel_version\x18\x01 \x01(\x04\x12\x0f\n\x07reports\x18\x02 \x01(\r\x12-\n\x07metrics\x18\x03 \x01(\x0b\x32\x1c.fedser.v1.EvaluationMetrics\"\xee\x02\n\x11GetStatusResponse\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x15\n\rmodel_version\x18\x02 \x01(\x04\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12\x19\n\x11\x61\x63\x63\x65pted_in_round\x18\x04 \x01(\r\x12\x19\n\x11\x63lients_per_round\x18\x05 \x01(\r\x12\x13\n\x0bmin_clients\x18\x06 \x01(\r\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07overdue\x18\x08 \x01(\x08\x12\x17\n\x0f\x61rchitecture_id\x18\t \x01(\t\x12\x0e\n\x06labels\x18\n \x03(\t\x12\x12\n\nmax_rounds\x18\x0b \x01(\x04\x12\'\n\x06rounds\x18\x0c \x03(\x0b\x32\x17.fedser.v1.RoundSummary\x12\x31\n\x0b\x65valuations\x18\r \x03(\x0b\x32\x1c.fedser.v1.VersionEvaluation*\x91\x01\n\x0eUpdateEncoding\x12\x1f\n\x1bUPDATE_ENCODING_UNSPECIFIED\x10\x00\x12\x1b\n\x17UPDATE_ENCODING_FLOAT32\x10\x01\x12!\n\x1dUPDATE_ENCODING_FLOAT16_DELTA\x10\x02\x12\x1e\n\x1aUPDATE_ENCODING_INT8_DELTA\x10\x03\x32\xc8\x02\n\nAggregator\x12H\n\tPullModel\x12\x1b.fedser.v1.PullModelRequest\x1a\x1c.fedser.v1.PullModelResponse0\x01\x12K\n\nPushUpdate\x12\x1c.fedser.v1.PushUpdateRequest\x1a\x1d.fedser.v1.PushUpdateResponse(\x01\x12[\n\x10ReportEvaluation\x12\".fedser.v1.ReportEvaluationRequest\x1a#.fedser.v1.ReportEvaluationResponse\x12\x46\n\tGetStatus\x12\x1b.fedser.v1.GetStatusRequest\x1a\x1c.fedser.v1.GetStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedser.v1.aggregator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_UPDATEENCODING']._serialized_start=2227
-  _globals['_UPDATEENCODING']._serialized_end=2372
-  _globals['_TRAININGPLAN']._serialized_start=74
-  _globals['_TRAININGPLAN']._serialized_end=199
-  _globals['_PULLMODELREQUEST']._serialized_start=202
-  _globals['_PULLMODELREQUEST']._serialized_end=379
-  _globals['_MODELHEADER']._serialized_start=382
-  _globals['_MODELHEADER']._serialized_end=731
-  _globals['_PULLMODELRESPONSE']._serialized_start=733
-  _globals['_PULLMODELRESPONSE']._serialized_end=822
-  _globals['_UPDATEHEADER']._serialized_start=825
-  _globals['_UPDATEHEADER']._serialized_end=1079
-  _globals['_PUSHUPDATEREQUEST']._serialized_start=1081
-  _globals['_PUSHUPDATEREQUEST']._serialized_end=1171
-  _globals['_PUSHUPDATERESPONSE']._serialized_start=1173
-  _globals['_PUSHUPDATERESPONSE']._serialized_end=1299
-  _globals['_EVALUATIONMETRICS']._serialized_start=1301
-  _globals['_EVALUATIONMETRICS']._serialized_end=1402
-  _globals['_REPORTEVALUATIONREQUEST']._serialized_start=1404
-  _globals['_REPORTEVALUATIONREQUEST']._serialized_end=1518
-  _globals['_REPORTEVALUATIONRESPONSE']._serialized_start=1520
-  _globals['_REPORTEVALUATIONRESPONSE']._serialized_end=1563
-  _globals['_GETSTATUSREQUEST']._serialized_start=1565
-  _globals['_GETSTATUSREQUEST']._serialized_end=1583
-  _globals['_ROUNDSUMMARY']._serialized_start=1586
-  _globals['_ROUNDSUMMARY']._serialized_end=1747
-  _globals['_VERSIONEVALUATION']._serialized_start=1749
-  _globals['_VERSIONEVALUATION']._serialized_end=1855
-  _globals['_GETSTATUSRESPONSE']._serialized_start=1858
-  _globals['_GETSTATUSRESPONSE']._serialized_end=2224
-  _globals['_AGGREGATOR']._serialized_start=2375
-  _globals['_AGGREGATOR']._serialized_end=2703
+  _globals['_UPDATEENCODING']._serialized_start=2249
+  _globals['_UPDATEENCODING']._serialized_end=2394
+  _globals['_TRAININGPLAN']._serialized_start=75
+  _globals['_TRAININGPLAN']._serialized_end=221
+  _globals['_PULLMODELREQUEST']._serialized_start=224
+  _globals['_PULLMODELREQUEST']._serialized_end=401
+  _globals['_MODELHEADER']._serialized_start=404
+  _globals['_MODELHEADER']._serialized_end=753
+  _globals['_PULLMODELRESPONSE']._serialized_start=755
+  _globals['_PULLMODELRESPONSE']._serialized_end=844
+  _globals['_UPDATEHEADER']._serialized_start=847
+  _globals['_UPDATEHEADER']._serialized_end=1101
+  _globals['_PUSHUPDATEREQUEST']._serialized_start=1103
+  _globals['_PUSHUPDATEREQUEST']._serialized_end=1193
+  _globals['_PUSHUPDATERESPONSE']._serialized_start=1195
+  _globals['_PUSHUPDATERESPONSE']._serialized_end=1321
+  _globals['_EVALUATIONMETRICS']._serialized_start=1323
+  _globals['_EVALUATIONMETRICS']._serialized_end=1424
+  _globals['_REPORTEVALUATIONREQUEST']._serialized_start=1426
+  _globals['_REPORTEVALUATIONREQUEST']._serialized_end=1540
+  _globals['_REPORTEVALUATIONRESPONSE']._serialized_start=1542
+  _globals['_REPORTEVALUATIONRESPONSE']._serialized_end=1585
+  _globals['_GETSTATUSREQUEST']._serialized_start=1587
+  _globals['_GETSTATUSREQUEST']._serialized_end=1605
+  _globals['_ROUNDSUMMARY']._serialized_start=1608
+  _globals['_ROUNDSUMMARY']._serialized_end=1769
+  _globals['_VERSIONEVALUATION']._serialized_start=1771
+  _globals['_VERSIONEVALUATION']._serialized_end=1877
+  _globals['_GETSTATUSRESPONSE']._serialized_start=1880
+  _globals['_GETSTATUSRESPONSE']._serialized_end=2246
+  _globals['_AGGREGATOR']._serialized_start=2397
+  _globals['_AGGREGATOR']._serialized_end=2725
 # @@protoc_insertion_point(module_scope)

@@ -22,16 +22,18 @@ UPDATE_ENCODING_FLOAT16_DELTA: UpdateEncoding
 UPDATE_ENCODING_INT8_DELTA: UpdateEncoding
 
 class TrainingPlan(_message.Message):
-    __slots__ = ("local_epochs", "batch_size", "learning_rate", "deadline")
+    __slots__ = ("local_epochs", "batch_size", "learning_rate", "deadline", "proximal_mu")
     LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    PROXIMAL_MU_FIELD_NUMBER: _ClassVar[int]
     local_epochs: int
     batch_size: int
     learning_rate: float
     deadline: _timestamp_pb2.Timestamp
-    def __init__(self, local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    proximal_mu: float
+    def __init__(self, local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., proximal_mu: _Optional[float] = ...) -> None: ...
 
 class PullModelRequest(_message.Message):
     __slots__ = ("client_id", "min_version", "wait_seconds", "have_version", "accept_encodings")
