@@ -91,7 +91,7 @@ def test_proximal_mu_reaches_the_clients_training_through_the_aggregator(tmp_pat
     """--proximal-mu goes into the aggregator's plan, the clients train with it (scores move), the footer says so."""
     grid = ["--clients", "2", "--batch-sizes", "16", "--local-epochs", "2", "--partitions", "speaker",
             "--rounds", "2", "--actors", "6", "--no-central"]
-    assert main([*grid, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*grid, "--proximal-mu", "0", "--out", str(tmp_path / "plain")]) == 0
     assert main([*grid, "--proximal-mu", "5", "--data", str(tmp_path / "plain" / "corpus"),
                  "--out", str(tmp_path / "prox")]) == 0
     plain, prox = ([line.split(",")[:-1] for line in (tmp_path / d / "runs" / "speaker-K2-B16-E2.csv")
@@ -99,6 +99,7 @@ def test_proximal_mu_reaches_the_clients_training_through_the_aggregator(tmp_pat
     assert plain[:2] == prox[:2]  # header and round 0: the same initial model
     assert plain[2:] != prox[2:]  # rounds 1-2 trained under the proximal term
     assert "FedAvgM (server momentum 0.6) with FedProx (mu 5)" in (tmp_path / "prox" / "results.md").read_text()
+    assert "FedProx" not in (tmp_path / "plain" / "results.md").read_text()
 
 
 def test_a_negative_proximal_mu_is_a_usage_error(tmp_path: Path, capsys) -> None:
