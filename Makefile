@@ -26,7 +26,7 @@ deploy-tools: $(STAMP)
 	bash .ci/install-tools $(VENV)/fedser-tools
 
 # The seed's experiment, reduced grid on the demo corpus: 40 rounds, FedAvgM (server momentum 0.6) with FedProx
-# (mu 0.1), two runs at a time; 44 CPU min, 22-29 min wall on 2 cores (docs/RESULTS.md). REPRODUCE_ARGS=--full for
+# (mu 0.1), two runs at a time; 43 CPU min, 23 min wall on 2 idle cores (docs/RESULTS.md). REPRODUCE_ARGS=--full for
 # the whole grid, "--server-momentum 0 --proximal-mu 0" for the seed's plain FedAvg.
 reproduce: $(STAMP)
 	$(VENV)/bin/fedser simulate --out results/simulate $(REPRODUCE_ARGS)
