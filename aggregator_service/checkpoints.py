@@ -14,7 +14,6 @@ import hashlib
 import logging
 import os
 import re
-import struct
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from model.serialization import (
     MalformedTensorsError,
     allocate_payload,
     arrays_to_bytes,
+    data_xxh3,
     payload_layout,
     sha256_hex,
     view_arrays,
@@ -82,12 +82,11 @@ class Checkpoint:
 
 def checkpoint_from_payload(version: int, payload: bytes | bytearray, path: Path | None = None) -> Checkpoint:
     """Parse and checksum an in-memory payload once; raises MalformedTensorsError if it is damaged."""
-    _, metadata = view_arrays(payload)
+    arrays, metadata = view_arrays(payload)
     if metadata.get("model_version") != str(version):
         raise MalformedTensorsError(f"metadata says version {metadata.get('model_version')!r}, expected {version}")
-    (header_len,) = struct.unpack_from("<Q", payload, 0)
     return Checkpoint(version, metadata, sha256_hex(payload), xxh3_hex(payload), len(payload), path, payload,
-                      data_xxh3_128=xxh3_hex(memoryview(payload)[8 + header_len :]))
+                      data_xxh3_128=data_xxh3(arrays))
 
 
 def encode_checkpoint(version: int, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> Checkpoint:

@@ -169,9 +169,9 @@ def payload_layout(
 
 def data_xxh3(arrays: Mapping[str, np.ndarray]) -> str:
     """XXH3-128 of the tensors' bytes in safetensors payload order: a payload's data section, without its header."""
-    order = sorted(arrays, key=lambda k: (-np.dtype(arrays[k].dtype).itemsize, k))  # as payload_layout
+    layout = payload_layout({k: (a.dtype, a.shape) for k, a in arrays.items()})
     h = xxhash.xxh3_128()
-    for name in order:
+    for name, _, _ in layout.tensors:
         h.update(memoryview(np.ascontiguousarray(arrays[name])).cast("B"))
     return h.hexdigest()
 
