@@ -1,12 +1,13 @@
 """Streaming FedAvg: w = sum_k (n_k / m) * w_k, accumulated in float64 one update at a time.
 
 Memory is O(model) whatever the number of clients: no update is kept after it
-is folded in, and a round's sums reuse the previous round's buffers. Updates are folded block by block through one small float64
-scratch buffer that stays in cache, so adding a 100 MB update allocates nothing
-and reads it once. Delta-encoded updates (model/encodings.py) add n_k * d_k;
-the global model they started from is added once, weighted by their samples,
-when the result is taken. A partial sum with its sample count is itself a
-valid update, so accumulators merge (the basis for hierarchical aggregation).
+is folded in, and a round's sums reuse the previous round's buffers. Updates
+are folded block by block through one small float64 scratch buffer that stays
+in cache, so adding a 100 MB update allocates nothing and reads it once.
+Delta-encoded updates (model/encodings.py) add n_k * d_k; the global model they
+started from is added once, weighted by their samples, when the result is
+taken. A partial sum with its sample count is itself a valid update, so
+accumulators merge (the basis for hierarchical aggregation).
 """
 from __future__ import annotations
 

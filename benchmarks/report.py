@@ -137,7 +137,8 @@ def render(result: dict[str, Any]) -> str:
         if acc:
             lines += ["", f"## 6. Held-out accuracy with each encoding (the demo task: {acc['setup']})", "",
                       "Per seed, the same corpus, split, initial model and schedule; only --update-encoding "
-                      "(and, 'both ways', the aggregator's --pull-encoding) differs. Scores are on held-out speakers, mean of the last 5 rounds (and the final round), "
+                      "(and, 'both ways', the aggregator's --pull-encoding) differs. Scores are on held-out "
+                      "speakers, mean of the last 5 rounds (and the final round), "
                       "averaged over the seeds; 'loss' = float32 minus this encoding with the same seed, averaged "
                       "(per seed in brackets), in accuracy points (target: at most 1).", ""]
             lines += _table(

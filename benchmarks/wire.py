@@ -29,6 +29,7 @@ from fedser.v1 import aggregator_pb2 as pb
 from model.encodings import Encoding, encode_update, from_proto, to_proto
 from model.serialization import arrays_to_bytes, xxh3_hex
 
+
 class CountingRelay:
     """A TCP relay on 127.0.0.1 that forwards to ``target_port`` and counts bytes each way."""
 
