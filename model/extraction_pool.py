@@ -55,8 +55,7 @@ def _init_worker(extract: Callable[[Sequence[Path]], np.ndarray]) -> None:
 
 def _run_task(paths: Sequence[Path]) -> np.ndarray:
     assert _worker_extract is not None, "not an extraction worker"
-    with torch.inference_mode():
-        return _worker_extract(paths)
+    return _worker_extract(paths)  # the preset's in-process path: map_chunks runs it under inference mode
 
 
 def fork_available() -> bool:
