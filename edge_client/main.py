@@ -107,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"fedser-client: error: {exc}", file=sys.stderr)
         return 2
+    except ExtractionPoolError as exc:
+        log_event(log, "error", logging.ERROR, detail=str(exc))
+        print(f"fedser-client: error: {exc}", file=sys.stderr)
+        return 1
 
 
 def run(args: argparse.Namespace, stop: threading.Event) -> int:
@@ -128,8 +132,6 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
     try:
         data = load_local_data(args.data, arch.classes, preset, args.heldout_fraction, args.seed,
                                args.skip_unreadable, progress, dataset=args.dataset, cache=cache)
-    except ExtractionPoolError as exc:
-        raise ClientError(str(exc)) from None
     finally:
         preset.close()  # the extraction worker processes: not needed while training
         if bar is not None:

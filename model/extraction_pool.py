@@ -55,7 +55,8 @@ def _init_worker(extract: Callable[[Sequence[Path]], np.ndarray]) -> None:
 
 def _run_task(paths: Sequence[Path]) -> np.ndarray:
     assert _worker_extract is not None, "not an extraction worker"
-    return _worker_extract(paths)  # the preset's in-process path: map_chunks runs it under inference mode
+    with torch.inference_mode():
+        return _worker_extract(paths)
 
 
 def fork_available() -> bool:

@@ -351,7 +351,8 @@ class _Extracting:
             return self._extract_here(paths)
         pool = self._pool
         if pool is None or not pool.owned() or pool.workers != workers:
-            self.close()
+            if pool is not None and pool.owned():
+                pool.close()
             # The workers are forked with this preset as it is now: nothing in it changes after __post_init__.
             pool = self._pool = ExtractionPool(self._extract_here, workers)
         try:
@@ -415,6 +416,7 @@ class SeedMfccMean(_Extracting):
         # A reduction, not a matrix-vector product: BLAS's gemv rounds a row differently
         # depending on how many rows the call has, and a clip's features must not depend on its batch.
         return (db * self._dct_mean).sum(dim=-1).unsqueeze(1).numpy()  # [C, 1, frames]
+
 
 
 @dataclass
@@ -489,6 +491,7 @@ class NormalizedMfcc(_Extracting):
             level = db.mean(dim=-1)  # [C, T]: mean log-mel level of each frame, dB
             out[:, 0, :] = (level - self.level_center_db) / self.level_scale_db
         return out.unsqueeze(1).numpy()
+
 
 
 PRESETS: dict[str, type] = {"seed": SeedMfccMean, "mfcc40-norm": NormalizedMfcc}

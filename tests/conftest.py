@@ -16,17 +16,6 @@ from experiments.synthetic_corpus import CorpusSpec, generate_actor
 from fedser.v1 import aggregator_pb2_grpc as pb_grpc
 
 
-@pytest.fixture
-def two_torch_threads() -> Iterator[None]:
-    """Two torch threads, so extraction_workers() == 2 (worker threads and processes) even where tests run with one."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Three client folders of three synthetic speakers each (real 48 kHz WAV files)."""

@@ -21,6 +21,14 @@ pytestmark = pytest.mark.skipif(not fork_available(), reason="worker processes a
 
 
 @pytest.fixture
+def two_torch_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # extraction_workers() == 2 even where the tests run with one thread
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def clips(tmp_path: Path) -> list[Path]:
     """21 clips: three tasks' worth and a partial one, at three rates (48, 16 and 44.1 kHz)."""
     rng = np.random.default_rng(3)

@@ -149,6 +149,14 @@ def test_features_are_bitwise_independent_of_batch_and_threads(name, tmp_path):
         torch.set_num_threads(before)
 
 
+@pytest.fixture
+def two_torch_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # so map_chunks uses its worker threads even where the tests run with one
+    yield
+    torch.set_num_threads(before)
+
+
 def test_map_chunks_keeps_order_raises_and_restores_threads(two_torch_threads):
     before = torch.get_num_threads()
     names = set(map_chunks(lambda x: threading.current_thread().name, list(range(8))))
