@@ -20,7 +20,6 @@ from edge_client.training import pick_device
 from edge_client.transport import AggregatorClient, ChannelSecurity
 from model.corpora import AUTO, DATASETS
 from model.eventlog import log_event, setup_logging
-from model.extraction_pool import ExtractionPoolError
 from model.lifecycle import stop_on_signals
 from model.features import get_preset
 from model.feature_cache import FeatureCache
@@ -45,8 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N")
     p.add_argument("--heldout-fraction", type=float, default=0.25, help="share of local speakers held out for evaluation")
     p.add_argument("--seed", type=int, default=0, help="seed of the speaker split and batch order")
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads for torch, and worker processes for feature extraction; 0 keeps torch's default")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch; 0 keeps torch's default")
     p.add_argument("--skip-unreadable", action="store_true", help="leave out unreadable audio files instead of stopping")
     p.add_argument("--rpc-timeout", type=float, default=120.0, help="deadline of each RPC in seconds")
     p.add_argument("--max-backoff", type=float, default=30.0, help="longest wait between reconnect attempts")
@@ -107,10 +105,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"fedser-client: error: {exc}", file=sys.stderr)
         return 2
-    except ExtractionPoolError as exc:
-        log_event(log, "error", logging.ERROR, detail=str(exc))
-        print(f"fedser-client: error: {exc}", file=sys.stderr)
-        return 1
 
 
 def run(args: argparse.Namespace, stop: threading.Event) -> int:

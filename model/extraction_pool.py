@@ -88,7 +88,7 @@ class ExtractionPool:
         except BrokenProcessPool as exc:
             self.close()
             raise ExtractionPoolError(f"a feature extraction worker process died ({exc}); "
-                                      "rerun, or extract in the client process itself with --threads 1") from exc
+                                      "rerun, or extract in threads with --threads 1") from exc
 
     def close(self) -> None:
         """Stop the workers (idempotent)."""

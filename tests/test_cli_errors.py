@@ -94,23 +94,3 @@ def test_aggregator_port_in_use(tmp_path: Path) -> None:
                            f"cannot listen for gRPC on 127.0.0.1:{port}")
         assert_clean_error(run("aggregator_service.main", *common, "--port", "0", "--metrics-port", port), 1,
                            f"cannot listen for metrics on 127.0.0.1:{port}: Address already in use")
-
-
-def test_a_dead_extraction_worker_is_one_clear_error_line(speakers: Path, monkeypatch, capsys) -> None:
-    import threading
-
-    import edge_client.main as client_main
-    from model.extraction_pool import ExtractionPoolError
-
-    def dies(*args, **kwargs):
-        raise ExtractionPoolError("a feature extraction worker process died (killed); rerun, or extract in the "
-                                  "client process itself with --threads 1")
-
-    monkeypatch.setattr(client_main, "load_local_data", dies)
-    monkeypatch.setattr(client_main, "stop_on_signals", lambda log: threading.Event())  # keep pytest's handlers
-    monkeypatch.setattr(client_main, "setup_logging", lambda level: None)
-    code = client_main.main(["--insecure", "--server", UNUSED_SERVER, "--data", str(speakers)])
-    err = capsys.readouterr().err
-    assert code == 1
-    assert "fedser-client: error: a feature extraction worker process died" in err and "--threads 1" in err
-    assert "Traceback" not in err
