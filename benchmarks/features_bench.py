@@ -6,9 +6,8 @@
   row says so;
 - fedser's way: ``model.features.get_preset(name).extract_files(paths)`` in batches
   of 64 (torch; torchaudio's kernels), for every preset in ``model.features.PRESETS``;
-  inside a batch, ``model.features.extraction_workers()`` forked worker
-  processes (one torch thread each) take tasks of a few files (read, resample,
-  STFT, mel, dB); at one torch thread it all runs in the calling process;
+  inside a batch, ``model.features.extraction_workers()`` threads (one torch
+  thread each) take chunks of a few files (read, resample, STFT, mel, dB);
 - with ``model.feature_cache.FeatureCache`` (when the module exists): cold (a new
   cache folder: hash, extract, write every row) and warm (a second pass over the
   same folder with a new cache object: digests from the stat index, read every row).
@@ -19,7 +18,7 @@ pipeline first extracts a few files untimed (imports, numba JIT, FFT plans,
 allocator: 4 files file by file, one batch of 64 batched); that warm-up time is
 reported separately. fedser's batched pipeline runs at torch's default
 intra-op thread count (what the client uses; extraction uses that many worker
-processes) and, when that is more than one, at one thread too (librosa's work is
+threads) and, when that is more than one, at one thread too (librosa's work is
 single-threaded numpy/soxr); the note says how many workers ran.
 """
 from __future__ import annotations
@@ -141,28 +140,15 @@ def run(workdir: Path, actors: int, use_librosa: bool = True, reps: int = 5, log
     def set_threads(k: int) -> Callable[[], None]:
         return lambda: torch.set_num_threads(k)
 
-    try:
-        from model.extraction_pool import FILES_PER_TASK
-    except ImportError:  # an older model: worker threads only
-        FILES_PER_TASK = None
-
-    opened: list = []  # presets whose worker processes are closed at the end
     for name in PRESETS:
         preset = get_preset(name)
-        opened.append(preset)
         for threads in thread_counts:
-            label = f"fedser: torchaudio, batched, {threads} thread{'s' if threads > 1 else ''}"
-            if extraction_workers is None:
-                how = f"torch intra-op threads {threads}"
-            elif threads == 1:
-                how = f"in the calling process, 1 torch thread, {CHUNK_FILES}-file chunks"
-            elif FILES_PER_TASK is not None:
-                workers = min(threads, extraction_workers())
-                label = f"fedser: torchaudio, batched, {workers} processes"
-                how = f"{workers} forked worker processes x 1 torch thread, {FILES_PER_TASK}-file tasks"
+            if extraction_workers is not None:
+                workers = min(threads, extraction_workers()) if threads > 1 else 1
+                how = f"{workers} worker thread{'s' if workers > 1 else ''} x 1 torch thread, {CHUNK_FILES}-file chunks"
             else:
-                how = f"{min(threads, extraction_workers())} worker threads x 1 torch thread, {CHUNK_FILES}-file chunks"
-            pipe = _Pipeline(label, name,
+                how = f"torch intra-op threads {threads}"
+            pipe = _Pipeline(f"fedser: torchaudio, batched, {threads} thread{'s' if threads > 1 else ''}", name,
                              lambda preset=preset: batched(preset.extract_files, paths), note=lambda how=how: how,
                              setup=set_threads(threads), extra={"batch": BATCH, "torch_threads": threads},
                              warm=lambda preset=preset: preset.extract_files(paths[:BATCH]))
@@ -219,8 +205,6 @@ def run(workdir: Path, actors: int, use_librosa: bool = True, reps: int = 5, log
                 for p in pipelines if p.seconds and len(p.seconds) == rep + 1)[:400])
     finally:
         torch.set_num_threads(default_threads)
-        for preset in opened:
-            getattr(preset, "close", lambda: None)()
 
     seed = next((p for p in pipelines if p.name == seed_name and p.seconds), None)
     rows: list[dict] = []

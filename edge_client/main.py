@@ -123,13 +123,10 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
         bar = tqdm(desc="features", unit="file", file=sys.stderr)
         progress = bar.update
     cache = None if args.no_cache else FeatureCache(args.cache_dir)
-    try:
-        data = load_local_data(args.data, arch.classes, preset, args.heldout_fraction, args.seed,
-                               args.skip_unreadable, progress, dataset=args.dataset, cache=cache)
-    finally:
-        preset.close()  # the extraction worker processes: not needed while training
-        if bar is not None:
-            bar.close()
+    data = load_local_data(args.data, arch.classes, preset, args.heldout_fraction, args.seed,
+                           args.skip_unreadable, progress, dataset=args.dataset, cache=cache)
+    if bar is not None:
+        bar.close()
     log_event(log, "data_ready", train=len(data.train_y), heldout=len(data.heldout_y),
               train_speakers=data.train_speakers, heldout_speakers=data.heldout_speakers, device=str(device))
     client = AggregatorClient(args.server, stop, BackoffPolicy(max_s=args.max_backoff), args.rpc_timeout,

@@ -19,10 +19,8 @@ up to float32 rounding (``tests/test_feature_speed.py`` holds the two side by si
   dot product of the log-mel frame with the mean of the DCT's columns;
 - files are read (``model.audio.read_window``: 16-bit PCM WAV straight into
   int16, its 1/32768 scale folded into the resampling kernel) and processed in
-  chunks of a few files that stay in the CPU caches; ``extract_files`` hands
-  tasks of a few files to ``extraction_workers()`` forked processes
-  (``model.extraction_pool``) with one torch thread each, and waveforms already
-  in memory (``extract_batch``) go to as many threads.
+  chunks of a few files that stay in the CPU caches, by ``extraction_workers()``
+  threads with one torch thread each.
 """
 from __future__ import annotations
 
@@ -40,7 +38,6 @@ import torchaudio.functional as AF
 import torchaudio.transforms as T
 
 from model.audio import PCM16_SCALE, read_window
-from model.extraction_pool import FILES_PER_TASK, ExtractionPool, ExtractionPoolError, fork_available
 
 # Files per unit of work: a chunk's frames and spectra (about 0.8 MB a file for
 # the seed preset) stay in the caches; larger chunks were slower, smaller ones pay
@@ -61,8 +58,6 @@ class FeaturePreset(Protocol):
     def extract_batch(self, waves: Sequence[tuple[np.ndarray, int]]) -> np.ndarray: ...
 
     def extract_files(self, paths: Sequence[Path]) -> np.ndarray: ...
-
-    def close(self) -> None: ...
 
 
 # -- worker threads -------------------------------------------------------------
@@ -323,58 +318,8 @@ def _chunks(seq: Sequence, size: int = CHUNK_FILES) -> list:
 # -- presets ----------------------------------------------------------------------
 
 
-class _Extracting:
-    """What both presets share: chunking, the worker threads or processes, and the output array.
-
-    A preset subclass provides ``_features(waves) -> [C, ...]``, ``input_shape``,
-    ``offset_s`` and ``duration_s``.
-    """
-
-    offset_s: float
-    duration_s: float
-    _pool: ExtractionPool | None = None  # made on first use, by the process that uses it
-
-    def _concat(self, parts: list[np.ndarray]) -> np.ndarray:
-        return np.concatenate(parts).astype(np.float32, copy=False) if parts else \
-            np.zeros((0, *self.input_shape), dtype=np.float32)  # type: ignore[attr-defined]
-
-    def extract_batch(self, waves: Sequence[tuple[np.ndarray, int]]) -> np.ndarray:
-        """Features for already-windowed mono waveforms, as float32 [N, *input_shape]."""
-        return self._concat(map_chunks(self._features, _chunks(list(waves))))  # type: ignore[attr-defined]
-
-    def extract_files(self, paths: Sequence[Path]) -> np.ndarray:
-        """Read each file's window and extract its features: in ``extraction_workers()`` forked
-        processes when there is more than one and more than one task's files, else in this process."""
-        paths = [Path(p) for p in paths]
-        workers = extraction_workers()
-        if workers < 2 or len(paths) <= FILES_PER_TASK or not fork_available():
-            return self._extract_here(paths)
-        pool = self._pool
-        if pool is None or not pool.owned() or pool.workers != workers:
-            if pool is not None and pool.owned():
-                pool.close()
-            # The workers are forked with this preset as it is now: nothing in it changes after __post_init__.
-            pool = self._pool = ExtractionPool(self._extract_here, workers)
-        try:
-            return self._concat(pool.map(paths))
-        except ExtractionPoolError:
-            self._pool = None  # closed: the next call forks new workers
-            raise
-
-    def _extract_here(self, paths: Sequence[Path]) -> np.ndarray:
-        return self._concat(map_chunks(
-            lambda chunk: self._features(_read_chunk(chunk, self.offset_s, self.duration_s)),  # type: ignore
-            _chunks(list(paths))))
-
-    def close(self) -> None:
-        """Stop this preset's extraction worker processes, if it started any (it starts them again when needed)."""
-        if self._pool is not None and self._pool.owned():
-            self._pool.close()
-        self._pool = None
-
-
 @dataclass
-class SeedMfccMean(_Extracting):
+class SeedMfccMean:
     """The seed's features: 40 MFCCs of a 2.25 s window at 22,050 Hz, averaged over coefficients.
 
     Matches librosa's defaults (n_fft 2048, hop 512, 128 Slaney mels, dB with
@@ -417,10 +362,22 @@ class SeedMfccMean(_Extracting):
         # depending on how many rows the call has, and a clip's features must not depend on its batch.
         return (db * self._dct_mean).sum(dim=-1).unsqueeze(1).numpy()  # [C, 1, frames]
 
+    def _concat(self, parts: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(parts).astype(np.float32, copy=False) if parts else \
+            np.zeros((0, *self.input_shape), dtype=np.float32)
+
+    def extract_batch(self, waves: Sequence[tuple[np.ndarray, int]]) -> np.ndarray:
+        """Features for already-windowed mono waveforms, as float32 [N, 1, 97]."""
+        return self._concat(map_chunks(self._features, _chunks(list(waves))))
+
+    def extract_files(self, paths: Sequence[Path]) -> np.ndarray:
+        """Read each file's window and extract its features, in parallel chunks."""
+        return self._concat(map_chunks(
+            lambda chunk: self._features(_read_chunk(chunk, self.offset_s, self.duration_s)), _chunks(list(paths))))
 
 
 @dataclass
-class NormalizedMfcc(_Extracting):
+class NormalizedMfcc:
     """The full MFCC matrix [1, n_mfcc, frames] of a fixed window, normalised per utterance.
 
     16 kHz, 32 ms Hann window, 16 ms hop, ``n_mels`` Slaney mels in dB (floor
@@ -492,6 +449,18 @@ class NormalizedMfcc(_Extracting):
             out[:, 0, :] = (level - self.level_center_db) / self.level_scale_db
         return out.unsqueeze(1).numpy()
 
+    def _concat(self, parts: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(parts).astype(np.float32, copy=False) if parts else \
+            np.zeros((0, *self.input_shape), dtype=np.float32)
+
+    def extract_batch(self, waves: Sequence[tuple[np.ndarray, int]]) -> np.ndarray:
+        """Features for already-windowed mono waveforms, as float32 [N, 1, n_mfcc, frames]."""
+        return self._concat(map_chunks(self._features, _chunks(list(waves))))
+
+    def extract_files(self, paths: Sequence[Path]) -> np.ndarray:
+        """Read each file's window and extract its features, in parallel chunks."""
+        return self._concat(map_chunks(
+            lambda chunk: self._features(_read_chunk(chunk, self.offset_s, self.duration_s)), _chunks(list(paths))))
 
 
 PRESETS: dict[str, type] = {"seed": SeedMfccMean, "mfcc40-norm": NormalizedMfcc}
