@@ -20,7 +20,8 @@ up to float32 rounding (``tests/test_feature_speed.py`` holds the two side by si
 - files are read (``model.audio.read_window``: 16-bit PCM WAV straight into
   int16, its 1/32768 scale folded into the resampling kernel) and processed in
   chunks of a few files that stay in the CPU caches, by ``extraction_workers()``
-  threads with one torch thread each.
+  threads with one torch thread each (for many files, ``model.extraction_pool``
+  runs the same code in that many worker processes instead: threads share the GIL).
 """
 from __future__ import annotations
 
@@ -235,23 +236,25 @@ class WindowFitter:
     def fit_many(self, waves: Sequence[tuple[np.ndarray, int]]) -> torch.Tensor:
         """[len(waves), num_samples] float32; int16 samples are scaled by 1/32768."""
         n = self.num_samples
-        out = torch.zeros(len(waves), n, dtype=torch.float32)
         by_kind: dict[tuple[int, float], list[int]] = {}
         for i, (w, sr) in enumerate(waves):
             by_kind.setdefault((int(sr), PCM16_SCALE if w.dtype == np.int16 else 1.0), []).append(i)
+
+        def samples(i: int, scale: float) -> np.ndarray:
+            return np.ascontiguousarray(waves[i][0], dtype=np.int16 if scale != 1.0 else np.float32)
+
+        if len(by_kind) == 1:
+            (sr, scale), idx = next(iter(by_kind.items()))
+            if sr != self.sample_rate:  # the usual chunk, one corpus at one rate: no copy into a shared output
+                return self._resampler(sr, scale)([samples(i, scale) for i in idx], n)
+        out = torch.zeros(len(waves), n, dtype=torch.float32)
         for (sr, scale), idx in by_kind.items():
             if sr == self.sample_rate:
                 for i in idx:
-                    w = waves[i][0][:n]
-                    x = torch.from_numpy(np.ascontiguousarray(w, dtype=np.int16 if scale != 1.0 else np.float32))
+                    x = torch.from_numpy(samples(i, scale)[:n])
                     out[i, : x.numel()] = x if scale == 1.0 else x.to(torch.float32) * scale
-                continue
-            arrays = [np.ascontiguousarray(waves[i][0], dtype=np.int16 if scale != 1.0 else np.float32) for i in idx]
-            y = self._resampler(sr, scale)(arrays, n)
-            if len(idx) == len(waves):
-                out = y.contiguous()
             else:
-                out[idx] = y
+                out[idx] = self._resampler(sr, scale)([samples(i, scale) for i in idx], n)
         return out
 
     def __call__(self, wave: np.ndarray, sr: int) -> torch.Tensor:
