@@ -3,4 +3,5 @@ import sys
 
 from benchmarks.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # feature worker processes import this module again (as __mp_main__)
+    sys.exit(main())

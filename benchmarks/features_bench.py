@@ -8,9 +8,18 @@
   of 64 (torch; torchaudio's kernels), for every preset in ``model.features.PRESETS``;
   inside a batch, ``model.features.extraction_workers()`` threads (one torch
   thread each) take chunks of a few files (read, resample, STFT, mel, dB);
+- the same batches through ``model.extraction_pool.ExtractionPool`` (when it
+  exists): ``extraction_workers()`` worker processes, one torch thread each;
+  their start (about 2 s, once) is in the row's warm-up time;
 - with ``model.feature_cache.FeatureCache`` (when the module exists): cold (a new
-  cache folder: hash, extract, write every row) and warm (a second pass over the
-  same folder with a new cache object: digests from the stat index, read every row).
+  cache folder: hash, extract, write every row; with the worker pool as
+  ``fedser-client`` gives it, which uses it from ``min_files`` uncached files) and
+  warm (a second pass over the same folder with a new cache object: digests from
+  the stat index, read every row).
+
+fedser's rows run with ``model.allocator.keep_freed_memory()`` in effect, as in
+``fedser-client`` (it is process-wide: set before the first pass, so the
+librosa rows run under it too).
 
 The corpus is written just before, so every pass reads the files from the OS
 page cache: "cold" means the feature cache is empty, not the disk cache. Each
@@ -133,6 +142,20 @@ def run(workdir: Path, actors: int, use_librosa: bool = True, reps: int = 5, log
             pipelines.append(_Pipeline(seed_name, "seed", lambda: seed_way(paths), warm=lambda: seed_way(paths[:4]),
                                        extra={"librosa_version": librosa.__version__}))
 
+    try:
+        from model.allocator import keep_freed_memory
+    except ImportError:
+        pass
+    else:
+        keep_freed_memory()
+    try:
+        from model.extraction_pool import FILES_PER_TASK, ExtractionPool
+    except ImportError:
+        ExtractionPool = None  # noqa: N806
+    pool = None
+    if ExtractionPool is not None and extraction_workers is not None and extraction_workers() > 1:
+        pool = ExtractionPool(extraction_workers())
+
     cache_cls = feature_cache_class()
     default_threads = torch.get_num_threads()
     thread_counts = [default_threads] + ([1] if default_threads > 1 else [])
@@ -153,6 +176,19 @@ def run(workdir: Path, actors: int, use_librosa: bool = True, reps: int = 5, log
                              setup=set_threads(threads), extra={"batch": BATCH, "torch_threads": threads},
                              warm=lambda preset=preset: preset.extract_files(paths[:BATCH]))
             pipelines.append(pipe)
+        if pool is not None:
+            def via_pool(preset=preset) -> np.ndarray:
+                return np.concatenate(list(pool.imap(preset, [paths[i : i + BATCH] for i in range(0, len(paths), BATCH)])))
+
+            def start_pool(preset=preset) -> object:
+                pool.start()
+                return list(pool.imap(preset, [paths[:BATCH]]))
+
+            pipelines.append(_Pipeline(
+                f"fedser: torchaudio, batched, {pool.workers} worker processes", name, via_pool,
+                note=lambda: f"{pool.workers} processes x 1 torch thread, tasks of {FILES_PER_TASK} files",
+                setup=set_threads(default_threads), warm=start_pool,
+                extra={"batch": BATCH, "worker_processes": pool.workers}))
         if cache_cls is None:
             for when in ("cold", "warm"):
                 skipped.append(_row(f"fedser + feature cache, {when}", name, n, None, "n/a (cache not yet available)"))
@@ -165,7 +201,8 @@ def run(workdir: Path, actors: int, use_librosa: bool = True, reps: int = 5, log
             state["folder"] = root / f"cache-{name}-{state['pass']}"
 
         def cold(state=state, preset=preset) -> np.ndarray:
-            state["cold"] = cache_cls(state["folder"], batch_size=BATCH)
+            kwargs = {} if pool is None else {"pool": pool}
+            state["cold"] = cache_cls(state["folder"], batch_size=BATCH, **kwargs)
             return state["cold"].extract(paths, preset)  # type: ignore[union-attr]
 
         def warm(state=state, preset=preset) -> np.ndarray:
@@ -175,7 +212,11 @@ def run(workdir: Path, actors: int, use_librosa: bool = True, reps: int = 5, log
         def hashed(key: str, state=state) -> Callable[[], str]:
             def note() -> str:
                 k = getattr(state.get(key), "last_hashed", None)
-                return "" if k is None else f"hashed {k} of {n} files (the rest: stat index)"
+                how = f"hashed {k} of {n} files (the rest: stat index)"
+                if key == "cold" and pool is not None:
+                    how += f"; extracted by {pool.workers} worker processes" if pool.worth_it(n) else \
+                        f"; extracted in-process (under the workers' {pool.min_files} files)"
+                return "" if k is None else how
             return note
 
         # Warm runs right after its cold pass, over the folder that pass filled.
@@ -183,12 +224,12 @@ def run(workdir: Path, actors: int, use_librosa: bool = True, reps: int = 5, log
         pipelines.append(_Pipeline("fedser + feature cache, warm", name, warm, note=hashed("warm"),
                                    setup=set_threads(default_threads)))
 
-    for pipe in pipelines:
-        pipe.setup()
-        if pipe.warm is not None:
-            _, first = _timed(pipe.warm)
-            pipe.extra["first_call_s"] = round(first, 3)
     try:
+        for pipe in pipelines:
+            pipe.setup()
+            if pipe.warm is not None:
+                _, first = _timed(pipe.warm)
+                pipe.extra["first_call_s"] = round(first, 3)
         for rep in range(reps):
             for pipe in pipelines:
                 pipe.setup()
@@ -205,6 +246,8 @@ def run(workdir: Path, actors: int, use_librosa: bool = True, reps: int = 5, log
                 for p in pipelines if p.seconds and len(p.seconds) == rep + 1)[:400])
     finally:
         torch.set_num_threads(default_threads)
+        if pool is not None:
+            pool.close()
 
     seed = next((p for p in pipelines if p.name == seed_name and p.seconds), None)
     rows: list[dict] = []

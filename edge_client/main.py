@@ -21,7 +21,9 @@ from edge_client.transport import AggregatorClient, ChannelSecurity
 from model.corpora import AUTO, DATASETS
 from model.eventlog import log_event, setup_logging
 from model.lifecycle import stop_on_signals
-from model.features import get_preset
+from model.features import extraction_workers, get_preset
+from model.allocator import keep_freed_memory
+from model.extraction_pool import ExtractionPool
 from model.feature_cache import FeatureCache
 from model.encodings import Encoding
 from model.network import ARCHITECTURES, DEFAULT_ARCHITECTURE, get_architecture
@@ -44,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N")
     p.add_argument("--heldout-fraction", type=float, default=0.25, help="share of local speakers held out for evaluation")
     p.add_argument("--seed", type=int, default=0, help="seed of the speaker split and batch order")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch; 0 keeps torch's default")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch, and feature extraction threads or worker processes; "
+                   "0 keeps torch's default")
     p.add_argument("--skip-unreadable", action="store_true", help="leave out unreadable audio files instead of stopping")
     p.add_argument("--rpc-timeout", type=float, default=120.0, help="deadline of each RPC in seconds")
     p.add_argument("--max-backoff", type=float, default=30.0, help="longest wait between reconnect attempts")
@@ -122,9 +126,12 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
 
         bar = tqdm(desc="features", unit="file", file=sys.stderr)
         progress = bar.update
-    cache = None if args.no_cache else FeatureCache(args.cache_dir)
-    data = load_local_data(args.data, arch.classes, preset, args.heldout_fraction, args.seed,
-                           args.skip_unreadable, progress, dataset=args.dataset, cache=cache)
+    keep_freed_memory()  # extraction reuses its buffers instead of faulting fresh pages in per file
+    # Worker processes only start for many uncached files (ExtractionPool.min_files) and stop once data is loaded.
+    with ExtractionPool(extraction_workers()) as pool:
+        cache = None if args.no_cache else FeatureCache(args.cache_dir, pool=pool)
+        data = load_local_data(args.data, arch.classes, preset, args.heldout_fraction, args.seed,
+                               args.skip_unreadable, progress, dataset=args.dataset, cache=cache)
     if bar is not None:
         bar.close()
     log_event(log, "data_ready", train=len(data.train_y), heldout=len(data.heldout_y),

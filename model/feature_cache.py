@@ -37,6 +37,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -49,7 +50,11 @@ import numpy as np
 import torchaudio
 
 from model.audio import AudioReadError
+from model.eventlog import log_event
+from model.extraction_pool import ExtractionPool, ExtractionPoolError
 from model.features import FeaturePreset, map_chunks
+
+log = logging.getLogger("fedser.features")
 
 CACHE_FORMAT = 1
 DEFAULT_BATCH = 64
@@ -249,7 +254,8 @@ class FeatureCache:
     every file on every call (for folders whose timestamps cannot be trusted).
     """
 
-    def __init__(self, folder: Path | str, batch_size: int = DEFAULT_BATCH, use_stat_index: bool = True) -> None:
+    def __init__(self, folder: Path | str, batch_size: int = DEFAULT_BATCH, use_stat_index: bool = True,
+                 pool: ExtractionPool | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.folder = Path(folder)
@@ -261,6 +267,7 @@ class FeatureCache:
         self._index = _StatIndex(self.folder / INDEX_NAME) if use_stat_index else None
         self._dirs: set[Path] = set()  # row folders known to exist
         self.last_hashed = 0  # files the latest call had to hash (the others' digests came from the stat index)
+        self.pool = pool  # worker processes for calls with many files to extract; the caller closes it
 
     def _preset_dir(self, preset: FeaturePreset) -> Path:
         d = self.folder / preset_key(preset)
@@ -343,7 +350,8 @@ class FeatureCache:
         """Features of ``paths`` in order, float32 [N, *preset.input_shape].
 
         Cached rows are read; the others are extracted with ``preset.extract_files``
-        in batches of ``batch_size`` (files with the same bytes once) and stored.
+        in batches of ``batch_size`` (files with the same bytes once; by ``pool``'s
+        worker processes when there are enough of them) and stored.
         ``progress(n)`` is called as files are done. An unreadable file raises
         AudioReadError (from hashing or from the preset's reader). The call's
         counts are in ``last`` (``extract_with_stats`` returns them instead).
@@ -377,9 +385,11 @@ class FeatureCache:
             progress(n_hits)
 
         todo = list(missing.items())
-        for start in range(0, len(todo), self.batch_size):
-            batch = todo[start : start + self.batch_size]
-            feats = preset.extract_files([Path(paths[where[0]]) for _, where in batch])
+        batches = [todo[i : i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
+        files = [[Path(paths[where[0]]) for _, where in batch] for batch in batches]
+        done = 0
+
+        def store(batch: list[tuple[str, list[int]]], feats: np.ndarray) -> None:
             if feats.shape != (len(batch), *shape):
                 raise ValueError(f"preset {preset.name!r} returned shape {feats.shape}, expected {(len(batch), *shape)}")
             for (digest, where), row in zip(batch, feats):
@@ -387,6 +397,17 @@ class FeatureCache:
                 out[where] = row
             if progress:
                 progress(sum(len(where) for _, where in batch))
+
+        if self.pool is not None and self.pool.worth_it(len(todo)):
+            try:
+                for feats in self.pool.imap(preset, files):
+                    store(batches[done], feats)
+                    done += 1
+            except ExtractionPoolError as exc:
+                # The rows stored so far stay; this process extracts the rest itself.
+                log_event(log, "extraction_workers_lost", logging.WARNING, detail=str(exc), remaining=len(todo) - done)
+        for batch, batch_files in zip(batches[done:], files[done:]):
+            store(batch, preset.extract_files(batch_files))
 
         stats = CacheStats(n_hits, n_misses)
         with self._lock:
