@@ -193,6 +193,7 @@ class RoundManager:
         self._global = initial
         self._specs = {k: TensorSpec(v.dtype, v.shape) for k, v in initial.arrays.items()}
         self._pull_deltas: dict[int, PullDelta] = {}
+        self._snap_residual: dict[str, np.ndarray] = {}  # what --pull-encoding's last snapping dropped (SnapStep)
         self._acc: Aggregator | None = None
         self._momentum = (ServerMomentum(self._specs, config.server_momentum, config.server_learning_rate,
                                          momentum_state) if config.uses_server_momentum else None)
@@ -407,7 +408,8 @@ class RoundManager:
         snap = None
         pull_encoding = Encoding(self.config.pull_encoding)
         if pull_encoding.is_delta:
-            snap = SnapStep(pull_encoding, self._global.arrays, self._specs, self._global.version, new_version)
+            snap = SnapStep(pull_encoding, self._global.arrays, self._specs, self._global.version, new_version,
+                            self._snap_residual)
             unsnapped = blocks
             blocks = lambda name: snap.blocks(name, unsnapped)  # noqa: E731
         checkpoint = self._write(new_version, self._global_metadata(), self._specs, blocks)
@@ -432,6 +434,7 @@ class RoundManager:
         )
         self._global = checkpoint
         self._pull_deltas = {new_version: snap.finish()} if snap is not None else {}
+        self._snap_residual = snap.new_residual if snap is not None else {}
         self._history.append(summary)
         del self._history[: -self.EVALUATION_MEMORY_VERSIONS]
         if self.config.max_rounds and new_version >= self.config.max_rounds:

@@ -54,7 +54,8 @@ def test_a_client_rebuilds_the_served_model_bit_for_bit_from_the_delta(tmp_path:
     try:
         v0 = client.pull("a")
         assert from_proto(v0.header.encoding) is Encoding.FLOAT32  # nothing to delta from yet
-        for rnd in (1, 2):
+        carried = {k: np.zeros_like(v) for k, v in v0.arrays.items()}  # what the last snapping dropped
+        for rnd in (1, 2, 3):
             base = v0 if rnd == 1 else v1
             sent = _push_round(client, base, seed=rnd)
             v1 = client.pull("a", min_version=rnd, wait_s=10, have=base)
@@ -69,12 +70,17 @@ def test_a_client_rebuilds_the_served_model_bit_for_bit_from_the_delta(tmp_path:
             for name in full:
                 np.testing.assert_array_equal(v1.arrays[name], full[name])
             assert data_xxh3(full) == header.model_data_xxh3_128
-            # The served model is the exact average up to one rounding step of this round's change.
+            # Error feedback: the served model is the exact average plus what the previous round's
+            # snapping dropped, up to one rounding step of that change; the new residual is carried on.
             exact = weighted_average(sent)
             for name in full:
-                step = np.abs(exact[name] - base.arrays[name]).max()
+                target = exact[name] + carried[name]
+                step = np.abs(target - base.arrays[name]).max()
                 tol = step / 127 * 1.01 if encoding is Encoding.INT8_DELTA else step * 2e-3
-                assert np.abs(full[name] - exact[name]).max() <= tol + 1e-7
+                assert np.abs(full[name] - target).max() <= tol + 1e-7
+                if rnd > 1:
+                    assert np.abs(carried[name]).max() > 0  # a residual was really carried
+                carried[name] = target - full[name]
         # The aggregator keeps only the delta to its newest version: a client two versions behind
         # (or claiming a version it cannot hold) gets the whole model.
         stale = client.pull("a", min_version=2, have=v0)
