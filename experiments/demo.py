@@ -18,7 +18,7 @@ from typing import Sequence
 import grpc
 
 from experiments.processes import ProcessStartError, start_aggregator, start_client, single_thread_env, stop_process
-from experiments.synthetic_corpus import CorpusSpec, generate_actor
+from experiments.synthetic_corpus import CorpusSpec, ensure_actors
 from fedser.v1 import aggregator_pb2 as pb
 from fedser.v1 import aggregator_pb2_grpc as pb_grpc
 from model.encodings import Encoding
@@ -71,21 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def prepare_corpus(cfg: DemoConfig) -> list[Path]:
     """Each client's folder of synthetic speakers; reuses files already generated with the same spec."""
-    spec = CorpusSpec(seed=cfg.seed)
-    folders = []
-    total = cfg.clients * cfg.actors_per_client
-    done = 0
-    for k in range(cfg.clients):
-        folder = cfg.out / "data" / f"client-{k + 1}"
-        for j in range(cfg.actors_per_client):
-            actor = k * cfg.actors_per_client + j + 1
-            marker = folder / f"Actor_{actor:02d}" / f".complete-seed{cfg.seed}"
-            if not marker.exists():
-                generate_actor(folder, actor, spec)
-                marker.touch()
-            done += 1
-            print(f"\r  corpus: {done}/{total} speakers", end="", flush=True)
-        folders.append(folder)
+    folders = [cfg.out / "data" / f"client-{k + 1}" for k in range(cfg.clients)]
+    jobs = [(folder, k * cfg.actors_per_client + j + 1)
+            for k, folder in enumerate(folders) for j in range(cfg.actors_per_client)]
+    ensure_actors(jobs, CorpusSpec(seed=cfg.seed),
+                  progress=lambda done, total: print(f"\r  corpus: {done}/{total} speakers", end="", flush=True))
     print()
     return folders
 

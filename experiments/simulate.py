@@ -42,7 +42,7 @@ from edge_client.session import FederatedSession, SessionConfig
 from edge_client.training import evaluate, train_local
 from edge_client.transport import AggregatorClient, PulledModel, Stopped
 from experiments.partitions import PARTITIONS, partition
-from experiments.synthetic_corpus import CorpusSpec, generate_actor
+from experiments.synthetic_corpus import CorpusSpec, ensure_actors
 from model.eventlog import setup_logging
 from model.feature_cache import FeatureCache
 from model.evaluation import format_confusion
@@ -130,11 +130,7 @@ def load_pool(cfg: GridConfig) -> Pool:
     root = cfg.data
     if root is None:
         root = cfg.out / "corpus"
-        for actor in range(1, cfg.actors + 1):
-            marker = root / f"Actor_{actor:02d}" / f".complete-seed{cfg.seed}"
-            if not marker.exists():
-                generate_actor(root, actor, CorpusSpec(seed=cfg.seed))
-                marker.touch()
+        ensure_actors([(root, actor) for actor in range(1, cfg.actors + 1)], CorpusSpec(seed=cfg.seed))
     utterances = scan(root, arch.classes).utterances
     if cfg.data is None:
         # The folder may hold more actors from an earlier run with a larger --actors: use 1..N only.

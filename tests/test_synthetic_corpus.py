@@ -14,6 +14,7 @@ from experiments.synthetic_corpus import (
     EMOTION_CODES,
     CorpusSpec,
     generate_actor,
+    ensure_actors,
     generate_corpus,
     main,
 )
@@ -169,6 +170,34 @@ def test_progress_reports_after_each_actor(tmp_path: Path) -> None:
     paths = generate_corpus(tmp_path, [5, 6], spec, progress=lambda done, total: calls.append((done, total)))
     assert calls == [(1, 2), (2, 2)]
     assert len(paths) == 8
+
+
+def test_threads_write_the_same_files_in_the_same_order(tmp_path: Path) -> None:
+    spec = CorpusSpec(emotions=("neutral", "angry"))
+    one = generate_corpus(tmp_path / "one", [4, 3, 5], spec, workers=1)
+    two = generate_corpus(tmp_path / "two", [4, 3, 5], spec, workers=2)
+    assert [p.relative_to(tmp_path / "one") for p in one] == [p.relative_to(tmp_path / "two") for p in two]
+    assert [_digest(p) for p in one] == [_digest(p) for p in two]
+
+
+def test_ensure_actors_generates_only_what_is_not_marked_complete(tmp_path: Path) -> None:
+    spec = CorpusSpec(seed=3, emotions=("neutral",))
+    a, b = tmp_path / "a", tmp_path / "b"
+    calls: list[tuple[int, int]] = []
+    ensure_actors([(a, 1), (b, 2)], spec, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(1, 2), (2, 2)]
+    assert (a / "Actor_01" / ".complete-seed3").exists() and (b / "Actor_02" / ".complete-seed3").exists()
+    kept = sorted((a / "Actor_01").glob("*.wav"))
+    assert len(kept) == 4
+    kept[0].unlink()  # a complete actor is not looked at again ...
+    (b / "Actor_02" / ".complete-seed3").unlink()  # ... one without its marker is written again
+    for path in (b / "Actor_02").glob("*.wav"):
+        path.unlink()
+    ensure_actors([(a, 1), (b, 2)], spec)
+    assert len(list((a / "Actor_01").glob("*.wav"))) == 3
+    assert len(list((b / "Actor_02").glob("*.wav"))) == 4
+    ensure_actors([(a, 1)], CorpusSpec(seed=4, emotions=("neutral",)))  # another seed is not complete
+    assert len(list((a / "Actor_01").glob("*.wav"))) == 4
 
 
 def test_main_writes_actors_and_prints_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
