@@ -4,9 +4,11 @@ Modes (section settings below; any can be overridden by a flag):
     --quick   a check of the harness, under 3 minutes: 3 small combos, 3 rounds, 72-file corpus,
               no accuracy-per-encoding runs
     default   the issue's matrix, under 20 minutes on 2 cores: N in {10, 50, 200} x {333,700, 25M}
-              parameters, 5 rounds each (200 x 25M alone moves 37 GiB per round: ~10 of the minutes)
-    --full    the default's rounds plus a 3x larger feature corpus, longer training runs and
-              2 repetitions of the reference after each round
+              parameters, 5 rounds each (200 x 25M alone moves 37 GiB per round: ~7 of the minutes);
+              section 6 on float32 and fp16 / int8 both ways
+    --full    the default's rounds plus a 3x larger feature corpus, longer training runs,
+              2 repetitions of the reference after each round, the synthetic sizes on the wire
+              and every encoding combination in section 6
 """
 from __future__ import annotations
 
@@ -33,17 +35,17 @@ MODES: dict[str, dict[str, object]] = {
     "quick": {
         "combos": [(SMALL, 10), (SMALL, 50), (LARGE, 10)],
         "rounds": 3, "reference_reps": 1, "actors": 2, "train_seconds": 1.5, "wire_sizes": [LARGE],
-        "compression_rounds": 0, "compression_seeds": 1, "feature_passes": 2,
+        "compression_rounds": 0, "compression_seeds": 1, "compression_combos": "targets", "feature_passes": 2,
     },
     "default": {
         "combos": [(p, n) for p in (SMALL, LARGE) for n in (10, 50, 200)],
-        "rounds": 5, "reference_reps": 1, "actors": 8, "train_seconds": 8.0, "wire_sizes": [SMALL, LARGE],
-        "compression_rounds": 30, "compression_seeds": 2, "feature_passes": 5,
+        "rounds": 5, "reference_reps": 1, "actors": 8, "train_seconds": 8.0, "wire_sizes": [],
+        "compression_rounds": 30, "compression_seeds": 2, "compression_combos": "targets", "feature_passes": 5,
     },
     "full": {
         "combos": [(p, n) for p in (SMALL, LARGE) for n in (10, 50, 200)],
         "rounds": 5, "reference_reps": 2, "actors": 24, "train_seconds": 20.0, "wire_sizes": [SMALL, LARGE],
-        "compression_rounds": 40, "compression_seeds": 3, "feature_passes": 7,
+        "compression_rounds": 40, "compression_seeds": 3, "compression_combos": "all", "feature_passes": 7,
     },
 }
 ALL_COMBOS = MODES["full"]["combos"]
@@ -79,7 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compression-rounds", type=int,
                    help="demo rounds per run in section 6 (default: 30, --full 40; --quick: 0 = skipped)")
     p.add_argument("--no-cuda", action="store_true", help="train on the CPU only even when CUDA is present")
-    p.add_argument("--wire-sizes", type=_ints, help="synthetic model sizes for the wire section")
+    p.add_argument("--compression-combos", choices=["targets", "all"],
+                   help="section 6's encodings: 'targets' = float32 and fp16 / int8 both ways, the ones that cut "
+                        "a round's bytes 2x / 3.5x (default); 'all' adds fp16 / int8 updates with float32 pulls (--full)")
+    p.add_argument("--wire-sizes", type=_ints, help="synthetic model sizes for the wire section besides the registered "
+                   "architectures (default: none; --quick 25M; --full 333,700 and 25M)")
     p.add_argument("--wire-architectures", help="registered architectures for the wire section "
                    "(comma-separated, 'none' for none; default: all)")
     p.add_argument("--out", type=Path, default=DEFAULT_RESULTS, help="results folder (default: benchmarks/results)")
@@ -118,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     wire_sizes = a.wire_sizes if a.wire_sizes is not None else cfg["wire_sizes"]
     compression_rounds = a.compression_rounds if a.compression_rounds is not None else cfg["compression_rounds"]
     compression_seeds = a.compression_seeds or cfg["compression_seeds"]
+    compression_combos = a.compression_combos or cfg["compression_combos"]
     if min([rounds, reps, actors, feature_passes]) < 1 or any(p <= 64 for p, _ in combos) or any(n < 1 for _, n in combos):
         parser.error("rounds, reference reps, actors and feature passes must be >= 1, params > 64, clients >= 1")
 
@@ -133,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "settings": {"sections": only, "combos": combos, "rounds": rounds, "reference_reps": reps,
                          "actors": actors, "feature_passes": feature_passes, "train_seconds": train_s, "wire_sizes": wire_sizes,
                          "compression_rounds": compression_rounds, "compression_seeds": compression_seeds,
+                         "compression_combos": compression_combos,
                          "push_concurrency": a.push_concurrency},
             "note": a.note,
         },
@@ -184,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"compression: {compression_rounds} demo rounds per encoding")
             sections["compression"] = _guard(failures, "compression",
                                              lambda: compression.run(workdir, compression_rounds, compression_seeds,
-                                                                     log=log))
+                                                                     compression_combos == "all", log=log))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

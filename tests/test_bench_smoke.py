@@ -86,3 +86,14 @@ def test_quick_harness_on_the_smallest_settings_writes_json_and_table(tmp_path: 
     for heading in ("## 1. Round overhead", "## 2. Aggregator peak RSS", "## 3. Feature extraction",
                     "## 4. Local training throughput", "## 5. Bytes on the wire"):
         assert heading in table
+
+
+def test_compression_section_runs_the_targets_by_default_and_every_combination_when_asked() -> None:
+    from benchmarks.compression import combinations
+    from model.encodings import Encoding as E
+
+    assert combinations(update_only=False) == [(E.FLOAT32, E.FLOAT32), (E.FLOAT16_DELTA, E.FLOAT16_DELTA),
+                                               (E.INT8_DELTA, E.INT8_DELTA)]
+    assert combinations(update_only=True) == [(E.FLOAT32, E.FLOAT32), (E.FLOAT16_DELTA, E.FLOAT32),
+                                              (E.INT8_DELTA, E.FLOAT32), (E.FLOAT16_DELTA, E.FLOAT16_DELTA),
+                                              (E.INT8_DELTA, E.INT8_DELTA)]
