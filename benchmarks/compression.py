@@ -44,8 +44,9 @@ def _one(cfg: DemoConfig) -> dict[str, float]:
 
 def combinations(update_only: bool) -> list[tuple[Encoding, Encoding]]:
     """(update encoding, pull encoding) pairs: float32, each delta encoding both ways, and optionally update-only."""
-    both = [(e, e) for e in Encoding if e.is_delta]
-    return [(Encoding.FLOAT32, Encoding.FLOAT32)] + ([(e, Encoding.FLOAT32) for e in Encoding if e.is_delta] if update_only else []) + both
+    deltas = [e for e in Encoding if e.is_delta]
+    update_rows = [(e, Encoding.FLOAT32) for e in deltas] if update_only else []
+    return [(Encoding.FLOAT32, Encoding.FLOAT32)] + update_rows + [(e, e) for e in deltas]
 
 
 def run(workdir: Path, rounds: int, seeds: int = 3, update_only: bool = True, log=print) -> dict[str, object]:
