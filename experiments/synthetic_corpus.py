@@ -449,7 +449,12 @@ def ensure_actors(
 
 def _map_actors(fn: Callable, items: list, progress: Callable[[int, int], None] | None, workers: int | None) -> list:
     # numpy and scipy's filters release the GIL, so threads scale (1.9x on 2 cores) without process start-up.
-    workers = max(1, min(len(items), workers or os.cpu_count() or 1))
+    if workers is None:
+        try:
+            workers = len(os.sched_getaffinity(0))  # the CPUs this process may use, not the machine's
+        except AttributeError:  # not Linux
+            workers = os.cpu_count() or 1
+    workers = max(1, min(len(items), workers))
     results = []
     with ThreadPoolExecutor(workers) as pool:
         for done, result in enumerate(pool.map(fn, items), start=1):
