@@ -43,6 +43,7 @@ from edge_client.training import evaluate, train_local
 from edge_client.transport import AggregatorClient, PulledModel, Stopped
 from experiments.partitions import PARTITIONS, partition
 from experiments.synthetic_corpus import CorpusSpec, ensure_actors
+from model.cpus import usable_cpus
 from model.eventlog import setup_logging
 from model.feature_cache import FeatureCache
 from model.evaluation import format_confusion
@@ -426,10 +427,7 @@ class _LoadSampler:
 
 def default_jobs() -> int:
     """Runs at once: one per CPU this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    return usable_cpus()
 
 
 def gap_summary(results: list[RunResult], central: dict[tuple[int, int], RunResult], kind: str = "speaker",

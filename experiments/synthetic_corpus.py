@@ -15,7 +15,6 @@ gives byte-identical files.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,8 @@ from typing import Callable, Sequence
 import numpy as np
 import soundfile as sf
 from scipy import signal
+
+from model.cpus import usable_cpus
 
 EMOTION_CODES: dict[str, str] = {"neutral": "01", "calm": "02", "happy": "03", "sad": "04", "angry": "05"}
 
@@ -449,12 +450,7 @@ def ensure_actors(
 
 def _map_actors(fn: Callable, items: list, progress: Callable[[int, int], None] | None, workers: int | None) -> list:
     # numpy and scipy's filters release the GIL, so threads scale (1.9x on 2 cores) without process start-up.
-    if workers is None:
-        try:
-            workers = len(os.sched_getaffinity(0))  # the CPUs this process may use, not the machine's
-        except AttributeError:  # not Linux
-            workers = os.cpu_count() or 1
-    workers = max(1, min(len(items), workers))
+    workers = max(1, min(len(items), workers or usable_cpus()))
     results = []
     with ThreadPoolExecutor(workers) as pool:
         for done, result in enumerate(pool.map(fn, items), start=1):

@@ -26,7 +26,6 @@ up to float32 rounding (``tests/test_feature_speed.py`` holds the two side by si
 from __future__ import annotations
 
 import math
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ import torchaudio.functional as AF
 import torchaudio.transforms as T
 
 from model.audio import PCM16_SCALE, read_window
+from model.cpus import usable_cpus
 
 # Files per unit of work: a chunk's frames and spectra (about 0.8 MB a file for
 # the seed preset) stay in the caches; larger chunks were slower, smaller ones pay
@@ -65,20 +65,13 @@ class FeaturePreset(Protocol):
 
 _Item = TypeVar("_Item")
 _Result = TypeVar("_Result")
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def extraction_workers() -> int:
     """Threads that extract features in parallel: torch's intra-op thread count, at most the usable CPUs.
 
     So whatever limits torch (``torch.set_num_threads``, ``OMP_NUM_THREADS``, the
     client's ``--threads``, ``fedser simulate``'s one thread) limits extraction too.
     """
-    return max(1, min(torch.get_num_threads(), _cpus()))
+    return max(1, min(torch.get_num_threads(), usable_cpus()))
 
 
 def _one_torch_thread() -> None:
