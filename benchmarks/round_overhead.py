@@ -4,8 +4,9 @@ One production aggregator process per (model size, N) (benchmarks.aggregator_pro
 the real server with a synthetic flat architecture). N lightweight clients run
 as threads of this process, each with its own gRPC channel (its own TCP
 connection) for pulls and, as fedser-client does, a connection of its own for
-each push, closed after it; they speak the production wire format through the
-production client's stub (fedser.v1.chunks.ChunkStub):
+each push, closed after it; they speak the production wire format: pulls
+through the production client's stub (fedser.v1.chunks.ChunkStub), pushes as
+the same chunk messages, serialized ahead (see below):
 
     round r:  all N clients are released together (barrier)
               PullModel(min_version=r-1)        the whole payload, streamed in 1 MiB chunks
@@ -22,7 +23,12 @@ client checks only the size of what it pulled and drops the chunks. Client k's
 payload is that shared serialization with its own 64-element ``z_delta``
 tensor (base + delta_k) spliced in: z_delta's bytes come last in the
 safetensors layout, so its XXH3-128 costs one hash of the shared prefix per
-round (hasher copy) plus 256 bytes per client. All N clients push at once:
+round (hasher copy) plus 256 bytes per client. The shared prefix's chunk
+messages are serialized once a round as well (fedser.v1.chunks.encode_chunk,
+byte for byte what the production client sends), and every client sends those
+same bytes objects; only its last chunk is its own. On two cores the harness
+shares the CPU with the aggregator: a copy it saves is time the round does not
+spend on the clients' side of the loopback. All N clients push at once:
 the aggregator bounds the pushes it reads concurrently itself (its pool of
 receive buffers, 64 MiB but at least two by default); the bound is recorded with the results.
 ``--push-concurrency`` adds a client-side bound for experiments.
@@ -42,7 +48,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import grpc
 import numpy as np
@@ -53,7 +59,7 @@ from benchmarks.common import BenchAggregator, median, own_cpu_seconds, sig, sta
 from benchmarks.reference import loopback_seconds, weighted_sum_seconds
 from fedser.v1 import aggregator_pb2 as pb
 from fedser.v1 import aggregator_pb2_grpc as pb_grpc
-from fedser.v1.chunks import ChunkStub, chunk_of
+from fedser.v1.chunks import SERVICE, ChunkStub, chunk_of, encode_chunk
 from aggregator_service.servicer import ServiceLimits
 from model.serialization import arrays_to_bytes, bytes_to_arrays, xxh3_hex
 
@@ -130,6 +136,11 @@ class RoundPayload:
     big: np.ndarray  # a_big as every client sends it (the expected next global a_big)
     total_bytes: int
     pulled_bytes: int
+    shared: list[bytes] = field(init=False)  # chunk messages of the prefix's whole chunks, the same for every client
+
+    def __post_init__(self) -> None:
+        whole = len(self.prefix) // CHUNK_BYTES
+        self.shared = [encode_chunk(self.prefix[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES]) for i in range(whole)]
 
     def client_small(self, k: int) -> np.ndarray:
         return (self.base_small + client_delta(k)).astype(np.float32)
@@ -145,9 +156,11 @@ class RoundPayload:
             encoding=pb.UPDATE_ENCODING_FLOAT32,
         )
 
-        def messages() -> Iterator[pb.PushUpdateRequest | bytes | memoryview]:
+        def messages() -> Iterator[pb.PushUpdateRequest | bytes]:
             yield pb.PushUpdateRequest(header=header)
-            yield from iter_segment_chunks((self.prefix, tail, self.suffix))  # raw chunks: fedser.v1.chunks
+            yield from self.shared  # already serialized: push_stub sends them as they are
+            rest = self.prefix[len(self.shared) * CHUNK_BYTES :]
+            yield from (encode_chunk(c) for c in iter_segment_chunks((rest, tail, self.suffix)))
 
         return header, messages()
 
@@ -162,6 +175,16 @@ class RoundPayload:
 
 class VerificationError(AssertionError):
     pass
+
+
+def push_stub(channel: grpc.Channel) -> Callable[..., pb.PushUpdateResponse]:
+    """PushUpdate taking the header message, then chunk messages already serialized (bytes go out as they are)."""
+    return channel.stream_unary(
+        f"/{SERVICE}/PushUpdate",
+        request_serializer=lambda m: m if isinstance(m, bytes) else m.SerializeToString(),
+        response_deserializer=pb.PushUpdateResponse.FromString,
+        _registered_method=True,
+    )
 
 
 def build_round_payload(r: int, pulled: bytes, header: pb.ModelHeader, previous: RoundPayload | None,
@@ -279,7 +302,7 @@ class Fleet:
                         # As fedser-client does: the push on a connection of its own, closed after it
                         # (edge_client.transport.AggregatorClient.push says why).
                         with grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS) as push_channel:
-                            reply = ChunkStub(push_channel).PushUpdate(messages, timeout=RPC_TIMEOUT_S)
+                            reply = push_stub(push_channel)(messages, timeout=RPC_TIMEOUT_S)
                         t.ack = time.perf_counter()
                     if not reply.accepted or reply.duplicate or reply.round != r:
                         raise VerificationError(f"{client_id}: push not accepted as new in round {r}: {reply}")

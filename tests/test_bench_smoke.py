@@ -97,3 +97,32 @@ def test_compression_section_runs_the_targets_by_default_and_every_combination_w
     assert combinations(update_only=True) == [(E.FLOAT32, E.FLOAT32), (E.FLOAT16_DELTA, E.FLOAT32),
                                               (E.INT8_DELTA, E.FLOAT32), (E.FLOAT16_DELTA, E.FLOAT16_DELTA),
                                               (E.INT8_DELTA, E.INT8_DELTA)]
+
+
+def test_round_harness_sends_each_client_exactly_what_the_production_client_would() -> None:
+    """The shared, pre-serialized chunk messages plus the client's own tail are its whole payload, cut as
+    fedser-client cuts it (1 MiB chunks, one chunk message each), and the header's checksum is of that payload."""
+    import numpy as np
+
+    from benchmarks.round_overhead import CHUNK_BYTES, build_round_payload
+    from fedser.v1 import aggregator_pb2 as pb
+    from fedser.v1.chunks import encode_chunk
+    from model.serialization import arrays_to_bytes, iter_chunks, xxh3_hex
+
+    rng = np.random.default_rng(0)
+    arrays = {"a_big": rng.standard_normal(700_000).astype(np.float32),  # 2.7 MiB: two whole shared chunks
+              "z_delta": rng.standard_normal(64).astype(np.float32)}
+    pulled = arrays_to_bytes(arrays)
+    header = pb.ModelHeader(round=1, model_version=0, total_bytes=len(pulled), xxh3_128=xxh3_hex(pulled))
+    rp = build_round_payload(1, pulled, header, None, clients=3)
+    assert len(rp.shared) == 2
+    for k in range(3):
+        expected = arrays_to_bytes({"a_big": rp.big, "z_delta": rp.client_small(k)})
+        update_header, messages = rp.header_and_chunks(k, f"c{k}")
+        sent = list(messages)
+        assert sent[0].header == update_header
+        assert update_header.total_bytes == len(expected) and update_header.xxh3_128 == xxh3_hex(expected)
+        assert sent[1:] == [encode_chunk(c) for c in iter_chunks(expected, CHUNK_BYTES)]
+        assert all(isinstance(m, bytes) for m in sent[1:])  # push_stub sends bytes as they are
+    first, second = list(rp.header_and_chunks(0, "a")[1]), list(rp.header_and_chunks(1, "b")[1])
+    assert first[1] is second[1]  # the shared chunk messages are the same objects, not copies
