@@ -65,6 +65,8 @@ class FeaturePreset(Protocol):
 
 _Item = TypeVar("_Item")
 _Result = TypeVar("_Result")
+
+
 def extraction_workers() -> int:
     """Threads that extract features in parallel: torch's intra-op thread count, at most the usable CPUs.
 
