@@ -40,10 +40,12 @@ import torchaudio.transforms as T
 from model.audio import PCM16_SCALE, read_window
 from model.cpus import usable_cpus
 
-# Files per unit of work: a chunk's frames and spectra (about 0.8 MB a file for
-# the seed preset) stay in the caches; larger chunks were slower, smaller ones pay
-# more Python per file.
-CHUNK_FILES = 4
+# Files per unit of work: a chunk's frames and spectra (about 1.6 MB a file for
+# the seed preset) should stay in the caches. On the 2-core AMD VM, one thread,
+# interleaved in one process, chunks of 2 beat chunks of 4 by 6-25 % in six runs
+# out of six (the FFTs most: 0.25 against 0.31 ms a file); single files pay more
+# Python per file, and 8 or more fall out of the caches.
+CHUNK_FILES = 2
 _GROUP_OUTPUTS = 16  # resampling outputs per matrix product column block (see PolyphaseResampler)
 _MEL_BLOCK = 16  # mel filters per block of the banded filterbank product
 
