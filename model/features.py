@@ -42,7 +42,7 @@ from model.cpus import usable_cpus
 
 # Files per unit of work: a chunk's frames and spectra (about 1.6 MB a file for
 # the seed preset) should stay in the caches. On the 2-core AMD VM, one thread,
-# interleaved in one process, chunks of 2 beat chunks of 4 by 6-25 % in six runs
+# interleaved in one process, chunks of 2 beat chunks of 4 by 6-26 % in six runs
 # out of six (the FFTs most: 0.25 against 0.31 ms a file); single files pay more
 # Python per file, and 8 or more fall out of the caches.
 CHUNK_FILES = 2
