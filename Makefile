@@ -9,7 +9,8 @@ PROTO_SRC := protos/fedser/v1/aggregator.proto
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The editable install also compiles model/_mkl_intel_paths.c in place (model/mkl_dispatch.py).
+$(STAMP): pyproject.toml model/_mkl_intel_paths.c
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
@@ -36,7 +37,7 @@ protos: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=protos --grpc_python_out=protos --pyi_out=protos $(PROTO_SRC)
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache
+	rm -rf $(VENV) demo-output .pytest_cache build model/_mkl_intel_paths*.so
 
 # Benchmarks (issue 6): results in benchmarks/results/, the table also in docs/PERFORMANCE.md.
 # BENCH_ARGS=--quick (under 3 minutes), --full (larger corpus, longer runs), --only round,rss,...

@@ -11,9 +11,10 @@ FROM nvidia/cuda:13.0.0-base-ubuntu24.04 AS build
 # Empty: torch from the default index (PyPI's CUDA 13.0 builds).
 ARG TORCH_INDEX_URL=
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# python3-venv brings ensurepip, needed to create the virtual environment (build stage only).
+# python3-venv brings ensurepip, needed to create the virtual environment; gcc and libc6-dev compile
+# model/_mkl_intel_paths.c (MKL's AVX2/AVX-512 paths on AMD CPUs: model/mkl_dispatch.py). Build stage only.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && apt-get install -y --no-install-recommends python3 python3-venv gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -30,7 +31,8 @@ COPY aggregator_service/ aggregator_service/
 COPY edge_client/ edge_client/
 COPY experiments/ experiments/
 RUN pip install --no-cache-dir . \
-    && python -c "import torch, torchaudio, edge_client; assert torch.version.cuda, 'not a CUDA build of torch'"
+    && python -c "import torch, torchaudio, edge_client; assert torch.version.cuda, 'not a CUDA build of torch'" \
+    && python -c "from model.mkl_dispatch import shim_path; assert shim_path(), 'model/_mkl_intel_paths.c not compiled'"
 
 FROM nvidia/cuda:13.0.0-base-ubuntu24.04 AS client-cuda
 # The interpreter only (the venv's python links to /usr/bin/python3): no pip, venv or compiler.
