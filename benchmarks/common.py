@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import IO, Sequence
 
 from experiments.processes import stop_process
+from model.mkl_dispatch import mkl_paths
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -78,6 +79,8 @@ def machine_info() -> dict[str, object]:
             info["mem_total_gib"] = round(int(fh.readline().split()[1]) / 2**20, 1)
     except OSError:
         pass
+    paths = mkl_paths()  # torch's FFTs and vector math run 2x faster on AMD CPUs when active
+    info["mkl_fast_paths"] = {"active": paths.active, "reason": paths.reason}
     return info
 
 

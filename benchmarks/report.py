@@ -53,6 +53,9 @@ def render(result: dict[str, Any]) -> str:
         f"{m['machine'].get('loadavg_at_start')}, at end {m.get('loadavg_at_end')}. "
         f"Whole run: {m['duration_s']:.0f} s. Command: `{m['command']}`.",
     ]
+    mkl = m["machine"].get("mkl_fast_paths")
+    if mkl:
+        lines += ["", f"MKL code paths (model/mkl_dispatch.py): {'fast' if mkl['active'] else 'default'}: {mkl['reason']}."]
     if m.get("note"):
         lines += ["", f"**Note:** {m['note']}"]
     sec = result["sections"]

@@ -23,6 +23,7 @@ from model.eventlog import log_event, setup_logging
 from model.lifecycle import stop_on_signals
 from model.features import extraction_workers, get_preset
 from model.allocator import keep_freed_memory
+from model.mkl_dispatch import mkl_paths
 from model.extraction_pool import ExtractionPool
 from model.feature_cache import FeatureCache
 from model.encodings import Encoding
@@ -135,7 +136,8 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
     if bar is not None:
         bar.close()
     log_event(log, "data_ready", train=len(data.train_y), heldout=len(data.heldout_y),
-              train_speakers=data.train_speakers, heldout_speakers=data.heldout_speakers, device=str(device))
+              train_speakers=data.train_speakers, heldout_speakers=data.heldout_speakers, device=str(device),
+              mkl_fast_paths=mkl_paths().active)
     client = AggregatorClient(args.server, stop, BackoffPolicy(max_s=args.max_backoff), args.rpc_timeout,
                               security=read_security(args))
     try:
