@@ -3,8 +3,8 @@
 torch's x86 wheels carry Intel's MKL for FFTs, vector math and some BLAS. MKL
 asks ``mkl_serv_intel_cpu_true()`` whether the CPU is Intel's and, on any other
 vendor's, runs generic code paths whatever the CPU supports: on the 2-core AMD
-EPYC VM the seed preset's FFTs took 0.24-0.31 ms a file that way and 0.11-0.14
-with MKL's own AVX-512 path, and feature extraction with two worker processes
+EPYC VM the seed preset's FFTs took 0.23-0.28 ms a file that way and 0.11-0.14
+with MKL's own AVX-512 path (timed alone), and feature extraction with two worker processes
 went from 8.6-8.7x to 11.3x the seed's librosa path in the same hour.
 
 ``model/_mkl_intel_paths.c`` defines that one function, answering yes; loaded
