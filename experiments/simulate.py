@@ -7,10 +7,8 @@ the same model centrally with the same budget as the baseline, then writes one
 CSV per run, PNG figures (one panel per K, one line per (B, E)) and a markdown table.
 
 Runs are repeatable: within a run the K client threads train one at a time, in
-client order (torch's dropout draws from one generator per process, which
-edge_client.training seeds per round but cannot keep apart between threads),
-and a run's scores do not depend on ``--jobs``, the number of runs done at once
-in separate worker processes.
+client order (experiments.federation), and a run's scores do not depend on
+``--jobs``, the number of runs done at once in separate worker processes.
 """
 from __future__ import annotations
 
@@ -22,7 +20,6 @@ import math
 import multiprocessing
 import os
 import resource
-import tempfile
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -33,14 +30,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from aggregator_service.config import AggregatorConfig
 from aggregator_service.rounds import RoundConfig
-from aggregator_service.server import start
-from edge_client.backoff import BackoffPolicy
 from edge_client.dataset import LocalData, extract
-from edge_client.session import FederatedSession, SessionConfig
 from edge_client.training import evaluate, train_local
-from edge_client.transport import AggregatorClient, PulledModel, Stopped
+from experiments.federation import ClientSpec, run_in_process
 from experiments.partitions import PARTITIONS, partition
 from experiments.synthetic_corpus import CorpusSpec, ensure_actors
 from model.cpus import usable_cpus
@@ -51,7 +44,6 @@ from model.features import get_preset
 from model.network import ARCHITECTURES, DEFAULT_ARCHITECTURE, build_model, get_architecture
 from model.plan import TrainingPlan
 from model.ravdess import scan
-from model.serialization import load_arrays_into
 from model.splits import speaker_split
 
 
@@ -156,120 +148,29 @@ def _score(model: torch.nn.Module, pool: Pool, num_classes: int, round: int, sec
     return Row(round, s.accuracy, s.uar, s.macro_f1, res.loss, seconds, s.confusion)
 
 
-class _Turns:
-    """Client threads train one at a time, in client order, each round.
-
-    edge_client.training seeds dropout by forking torch's global generator, which
-    is one per process: two client threads training at once would draw each
-    other's dropout masks and a run could not be repeated. Turns also fix the
-    order of the pushes, hence of the aggregator's float sums. The first turn
-    waits until every client has built its model (that draws from the generator too).
-    """
-
-    def __init__(self, clients: int, stop: threading.Event) -> None:
-        self._cond = threading.Condition()
-        self._clients = clients
-        self._stop = stop
-        self._ready = 0
-        self._turn = 0
-
-    def ready(self) -> None:
-        with self._cond:
-            self._ready += 1
-            self._cond.notify_all()
-
-    def acquire(self, index: int) -> None:
-        with self._cond:
-            while not (self._ready == self._clients and self._turn == index):
-                if self._stop.is_set():
-                    raise Stopped()
-                self._cond.wait(0.5)
-
-    def release(self) -> None:
-        with self._cond:
-            self._turn = (self._turn + 1) % self._clients
-            self._cond.notify_all()
-
-
-class _TurnTakingSession(FederatedSession):
-    """The production client loop, training and pushing only in its turn (see :class:`_Turns`)."""
-
-    def __init__(self, index: int, turns: _Turns, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._index = index
-        self._turns = turns
-        self._first = True
-
-    def _contribute(self, model: torch.nn.Module, pulled: PulledModel) -> None:
-        if self._first:  # the model is built: the session builds it before its first contribution
-            self._first = False
-            self._turns.ready()
-        self._turns.acquire(self._index)
-        try:
-            super()._contribute(model, pulled)
-        finally:
-            self._turns.release()
-
-
 def run_federated(cfg: GridConfig, pool: Pool, kind: str, k: int, b: int, e: int) -> RunResult:
     """One federated run through the production aggregator and client loop."""
     arch = get_architecture(cfg.architecture)
     result = RunResult(f"{kind}-K{k}-B{b}-E{e}", kind, k, b, e)
     rounds = cfg.rounds_of(e)
     parts = partition(kind, pool.y, pool.speakers, k, cfg.seed, cfg.alpha)
+    clients = [
+        ClientSpec(f"sim-{i}", cfg.seed + i,
+                   LocalData(pool.x[idx], pool.y[idx], pool.x[:0], pool.y[:0], len({pool.speakers[j] for j in idx}), 0))
+        for i, idx in enumerate(parts)
+    ]
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="fedser-sim-") as tmp:
-        running = start(AggregatorConfig(
-            host="127.0.0.1", port=0, metrics_port=0, checkpoint_dir=Path(tmp), insecure=True,
-            architecture=arch.id, seed=cfg.seed, max_workers=max(16, 4 * k),
-            rounds=RoundConfig(clients_per_round=k, min_clients=k, round_timeout_s=3600, max_rounds=rounds,
+
+    def score(version: int, model: torch.nn.Module) -> None:
+        result.rows.append(_score(model, pool, len(arch.classes), version, time.monotonic() - started))
+
+    round_config = RoundConfig(clients_per_round=k, min_clients=k, round_timeout_s=3600, max_rounds=rounds,
                                plan=TrainingPlan(e, b, cfg.learning_rate, cfg.proximal_mu),
-                               server_momentum=cfg.server_momentum),
-        ))
-        stop = threading.Event()
-        turns = _Turns(len(parts), stop)
-        target = f"127.0.0.1:{running.port}"
-        clients = []
-        errors: list[BaseException] = []
-        # Built before any client thread trains: building draws from torch's generator.
-        model = build_model(arch.id)
-
-        def client(i: int, idx: np.ndarray) -> None:
-            data = LocalData(pool.x[idx], pool.y[idx], pool.x[:0], pool.y[:0], len({pool.speakers[j] for j in idx}), 0)
-            transport = AggregatorClient(target, stop, BackoffPolicy(max_s=1.0))
-            try:
-                session = _TurnTakingSession(
-                    i, turns, SessionConfig(f"sim-{i}", rounds, torch.device("cpu"), cfg.seed + i, arch.id),
-                    data, arch.classes, transport, stop)
-                session.run()
-            except BaseException as exc:  # surfaced after the run
-                errors.append(exc)
-                stop.set()
-            finally:
-                transport.close()
-
-        for i, idx in enumerate(parts):
-            t = threading.Thread(target=client, args=(i, idx), name=f"sim-client-{i}", daemon=True)
-            t.start()
-            clients.append(t)
-        evaluator = AggregatorClient(target, stop, BackoffPolicy(max_s=1.0))
-        try:
-            for version in range(rounds + 1):
-                pulled = evaluator.pull("evaluator", min_version=version, wait_s=30)
-                while pulled.arrays is None and not stop.is_set():
-                    pulled = evaluator.pull("evaluator", min_version=version, wait_s=30)
-                if stop.is_set():
-                    break
-                load_arrays_into(model, pulled.arrays)
-                result.rows.append(_score(model, pool, len(arch.classes), version, time.monotonic() - started))
-        finally:
-            stop.set()
-            for t in clients:
-                t.join(timeout=60)
-            evaluator.close()
-            running.stop(grace_s=1)
-        if errors:
-            raise RuntimeError(f"{result.name}: a client failed: {errors[0]!r}")
+                               server_momentum=cfg.server_momentum)
+    try:
+        run_in_process(round_config, arch.id, cfg.seed, clients, score)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{result.name}: {exc}") from None
     result.seconds = time.monotonic() - started
     return result
 
