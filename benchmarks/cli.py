@@ -40,12 +40,12 @@ MODES: dict[str, dict[str, object]] = {
     "default": {
         "combos": [(p, n) for p in (SMALL, LARGE) for n in (10, 50, 200)],
         "rounds": 5, "reference_reps": 1, "actors": 8, "train_seconds": 8.0, "wire_sizes": [],
-        "compression_rounds": 30, "compression_seeds": 2, "compression_combos": "targets", "feature_passes": 5,
+        "compression_rounds": 30, "compression_seeds": 4, "compression_combos": "targets", "feature_passes": 5,
     },
     "full": {
         "combos": [(p, n) for p in (SMALL, LARGE) for n in (10, 50, 200)],
         "rounds": 5, "reference_reps": 2, "actors": 24, "train_seconds": 20.0, "wire_sizes": [SMALL, LARGE],
-        "compression_rounds": 40, "compression_seeds": 3, "compression_combos": "all", "feature_passes": 7,
+        "compression_rounds": 40, "compression_seeds": 4, "compression_combos": "all", "feature_passes": 7,
     },
 }
 ALL_COMBOS = MODES["full"]["combos"]
@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "default 5, --quick 2, --full 7)")
     p.add_argument("--no-librosa", action="store_true", help="skip the seed's librosa pipeline")
     p.add_argument("--train-seconds", type=float, help="target seconds of each timed training run")
-    p.add_argument("--compression-seeds", type=int, help="demo runs per combination in section 6 (default: 2, --full 3)")
+    p.add_argument("--compression-seeds", type=int,
+                   help="demo federations per combination in section 6, one per usable CPU at a time (default: 4)")
     p.add_argument("--compression-rounds", type=int,
                    help="demo rounds per run in section 6 (default: 30, --full 40; --quick: 0 = skipped)")
     p.add_argument("--no-cuda", action="store_true", help="train on the CPU only even when CUDA is present")

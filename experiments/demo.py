@@ -69,15 +69,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def client_folders(cfg: DemoConfig) -> list[Path]:
+    """Each client's folder of synthetic speakers, in client order."""
+    return [cfg.out / "data" / f"client-{k + 1}" for k in range(cfg.clients)]
+
+
+def corpus_jobs(cfg: DemoConfig) -> list[tuple[Path, int]]:
+    """(folder, actor) for every speaker of the demo: client k holds actors k * A + 1 .. (k + 1) * A."""
+    return [(folder, k * cfg.actors_per_client + j + 1)
+            for k, folder in enumerate(client_folders(cfg)) for j in range(cfg.actors_per_client)]
+
+
 def prepare_corpus(cfg: DemoConfig) -> list[Path]:
     """Each client's folder of synthetic speakers; reuses files already generated with the same spec."""
-    folders = [cfg.out / "data" / f"client-{k + 1}" for k in range(cfg.clients)]
-    jobs = [(folder, k * cfg.actors_per_client + j + 1)
-            for k, folder in enumerate(folders) for j in range(cfg.actors_per_client)]
-    ensure_actors(jobs, CorpusSpec(seed=cfg.seed),
+    ensure_actors(corpus_jobs(cfg), CorpusSpec(seed=cfg.seed),
                   progress=lambda done, total: print(f"\r  corpus: {done}/{total} speakers", end="", flush=True))
     print()
-    return folders
+    return client_folders(cfg)
 
 
 def _fmt(row: RoundRow, rounds: int) -> str:
