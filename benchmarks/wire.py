@@ -106,7 +106,7 @@ COMBOS = (
 
 def _push(client: AggregatorClient, pulled: PulledModel, encoding: Encoding, rng: np.random.Generator) -> int:
     update = {k: (v + rng.normal(0, 1e-3, v.shape)).astype(v.dtype) for k, v in pulled.arrays.items()}
-    payload = arrays_to_bytes(encode_update(update, pulled.arrays, encoding, rng))
+    payload = arrays_to_bytes(encode_update(update, pulled.arrays, encoding))
     h = pb.UpdateHeader(client_id="wire-0", round=pulled.header.round, num_samples=10, update_id=uuid.uuid4().hex,
                         total_bytes=len(payload), xxh3_128=xxh3_hex(payload),
                         base_version=pulled.header.model_version, encoding=to_proto(encoding))

@@ -4,11 +4,9 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-import zlib
 from dataclasses import dataclass
 
 import grpc
-import numpy as np
 import torch
 
 from edge_client.dataset import LocalData
@@ -158,10 +156,7 @@ class FederatedSession:
             raise Stopped() from None
         log_event(log, "trained", round=h.round, samples=result.num_samples, loss=round(result.loss, 4),
                   accuracy=round(result.accuracy, 4))
-        # Stochastic rounding of int8 deltas: a stream per client and round, so clients'
-        # rounding errors are independent and average out in FedAvg.
-        rng = np.random.default_rng([self.config.seed, h.round, zlib.crc32(self.config.client_id.encode())])
-        payload = arrays_to_bytes(self._feedback.encode(module_to_arrays(model), pulled.arrays, self.config.encoding, rng))
+        payload = arrays_to_bytes(self._feedback.encode(module_to_arrays(model), pulled.arrays, self.config.encoding))
         header = pb.UpdateHeader(
             client_id=self.config.client_id,
             round=h.round,
