@@ -35,11 +35,12 @@ from experiments.federation import ClientSpec, run_in_process
 from experiments.synthetic_corpus import CorpusSpec, ensure_actors
 from model.cpus import usable_cpus
 from model.eventlog import setup_logging
-from model.encodings import Encoding
+from model.encodings import Encoding, decode_weights, encode_update
 from model.feature_cache import FeatureCache
 from model.features import get_preset
 from model.network import DEFAULT_ARCHITECTURE, get_architecture
 from model.plan import TrainingPlan
+from model.serialization import module_to_arrays
 
 POOL_SPEAKERS = 40
 # A corpus seed no demo run uses: the pool's speakers are new to every run.
@@ -83,6 +84,9 @@ class RunScores:
     demo_uar: list[float] = field(default_factory=list)
     pool_accuracy: list[float] = field(default_factory=list)
     pool_uar: list[float] = field(default_factory=list)
+    # float32 runs only: each delta encoding's rounding error on the last round's change of the global
+    # model, as a share of that change's sum of squares.
+    rounding_error: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -122,13 +126,24 @@ def prepare_seed(cfg: DemoConfig, cache: FeatureCache) -> SeedData:
     return SeedData(cfg.seed, clients, Heldout(np.concatenate(hx), np.concatenate(hy), speakers))
 
 
+def rounding_error(old: dict[str, np.ndarray], new: dict[str, np.ndarray], encoding: Encoding) -> float:
+    """What ``encoding`` loses of the change ``new - old``, as a share of the change's sum of squares."""
+    sent = decode_weights(encode_update(new, old, encoding), old, encoding)
+    lost = sum(float(np.sum(np.square(sent[k] - new[k], dtype=np.float64))) for k in new)
+    change = sum(float(np.sum(np.square(new[k] - old[k], dtype=np.float64))) for k in new)
+    return lost / change if change else 0.0
+
+
 def run_unit(unit: Unit, data: SeedData, pool: Heldout, cfg: DemoConfig) -> RunScores:
     """One demo federation with ``unit``'s encodings, scored on both held-out sets."""
     arch = get_architecture(DEFAULT_ARCHITECTURE)
     scores = RunScores(unit)
     started = time.perf_counter()
+    last_two: list[dict[str, np.ndarray]] = []
 
     def score(version: int, model: torch.nn.Module) -> None:
+        if unit.update is Encoding.FLOAT32 and version >= cfg.rounds - 1:
+            last_two.append(module_to_arrays(model))
         demo = evaluate(model, data.heldout.x, data.heldout.y, len(arch.classes), torch.device("cpu")).scores
         scores.demo_accuracy.append(demo.accuracy)
         scores.demo_uar.append(demo.uar)
@@ -141,6 +156,8 @@ def run_unit(unit: Unit, data: SeedData, pool: Heldout, cfg: DemoConfig) -> RunS
                          max_rounds=cfg.rounds, plan=TrainingPlan(cfg.local_epochs, cfg.batch_size, cfg.learning_rate),
                          pull_encoding=unit.pull.value)
     run_in_process(rounds, arch.id, unit.seed, data.clients, score, unit.update)
+    if len(last_two) == 2:
+        scores.rounding_error = {e.value: rounding_error(*last_two, e) for e in Encoding if e.is_delta}
     scores.seconds = time.perf_counter() - started
     return scores
 
@@ -195,6 +212,7 @@ def summarize(runs: list[RunScores], rounds: int) -> list[dict[str, object]]:
             return [100 * (_tail(getattr(reference[s], metric)) - _tail(getattr(per_seed[s], metric))) for s in seeds]
 
         pool_loss, demo_loss = losses("pool_accuracy"), losses("demo_accuracy")
+        errors = [reference[s].rounding_error.get(rs[0].unit.update.value) for s in seeds]
         pool_mean, pool_se = mean_se(pool_loss)
         demo_mean, demo_se = mean_se(demo_loss)
         rows.append({
@@ -208,6 +226,7 @@ def summarize(runs: list[RunScores], rounds: int) -> list[dict[str, object]]:
             "pool_loss_per_seed": [round(x, 2) for x in pool_loss],
             "demo_loss_points": round(demo_mean, 2), "demo_loss_se": _round(demo_se),
             "demo_loss_per_seed": [round(x, 2) for x in demo_loss],
+            "rounding_error": float(f"{np.mean(errors):.3g}") if None not in errors else None,
             "seconds": round(sum(r.seconds for r in rs), 1),
         })
     return rows

@@ -152,14 +152,18 @@ def _compression_lines(acc: dict[str, Any]) -> list[str]:
              f"the last {acc['tail_rounds']} global versions on the pool ({pool['speakers']} synthetic speakers "
              f"no run trains on, {pool['files']:,} files) and on the demo's own held-out speakers "
              f"({demo['speakers']}, {demo['files']} files). 'loss' = float32 minus this encoding with the same "
-             "seed, mean over seeds ± its standard error, in accuracy points (target: at most 1).", ""]
+             "seed, mean over seeds ± its standard error, in accuracy points (target: at most 1). 'rounding "
+             "error' = what the encoding drops of the last round's change of the float32 runs' global model, "
+             "as a share of that change's sum of squares (mean over seeds).", ""]
     lines += _table(
         ["encoding", "seeds", "pool accuracy", "pool UAR", "demo held-out accuracy",
-         "**loss on the pool, points**", "loss on the demo's held-out, points", "pool loss per seed", "run seconds"],
+         "**loss on the pool, points**", "loss on the demo's held-out, points", "pool loss per seed",
+         "rounding error", "run seconds"],
         [(r["encoding"], r["seeds"], _fmt(r["pool_accuracy"]), _fmt(r["pool_uar"]), _fmt(r["demo_accuracy"]),
           *((_loss(r["pool_loss_points"], r["pool_loss_se"]), _loss(r["demo_loss_points"], r["demo_loss_se"]),
              ", ".join(_fmt(x) for x in r["pool_loss_per_seed"])) if r["encoding"] != "float32"
             else ("reference", "reference", "")),
+          _fmt(r.get("rounding_error")) if r.get("rounding_error") is not None else "-",
           _fmt(r["seconds"])) for r in acc["rows"]],
     )
     verdicts = [f"{r['encoding']} {'met' if r['pool_loss_points'] <= 1 else 'missed'}"

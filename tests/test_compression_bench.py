@@ -2,27 +2,31 @@
 from __future__ import annotations
 
 import math
+import numpy as np
 import pytest
 
-from benchmarks.compression import RunScores, Unit, mean_se, prepare_pool, prepare_seed, run_unit, summarize
+from benchmarks.compression import (
+    RunScores, Unit, mean_se, prepare_pool, prepare_seed, rounding_error, run_unit, summarize,
+)
 from experiments.demo import DemoConfig
 from model.encodings import Encoding as E
 from model.feature_cache import FeatureCache
 
 
-def _scores(seed: int, update: E, pull: E, pool: list[float], demo: list[float]) -> RunScores:
+def _scores(seed: int, update: E, pull: E, pool: list[float], demo: list[float],
+            errors: dict[str, float] | None = None) -> RunScores:
     return RunScores(Unit(seed, update, pull), demo_accuracy=demo, demo_uar=demo, pool_accuracy=pool,
-                     pool_uar=pool, seconds=1.0)
+                     pool_uar=pool, rounding_error=errors or {}, seconds=1.0)
 
 
 def test_losses_are_paired_per_seed_over_the_last_five_versions() -> None:
     f32, fp16 = (E.FLOAT32, E.FLOAT32), (E.FLOAT16_DELTA, E.FLOAT16_DELTA)
     runs = [
         # Seed 0: float32's last five average 0.80 (the first value is outside the tail), fp16's 0.79.
-        _scores(0, *f32, [0.0, 0.8, 0.8, 0.8, 0.8, 0.8], [0.5] * 6),
+        _scores(0, *f32, [0.0, 0.8, 0.8, 0.8, 0.8, 0.8], [0.5] * 6, {"fp16-delta": 2e-8, "int8-delta": 1e-4}),
         _scores(0, *fp16, [0.99, 0.79, 0.79, 0.79, 0.79, 0.79], [0.5] * 6),
         # Seed 1: fp16 ahead by 3 points on the pool, behind by 1 on the demo's held-out speakers.
-        _scores(1, *f32, [0.70] * 6, [0.60] * 6),
+        _scores(1, *f32, [0.70] * 6, [0.60] * 6, {"fp16-delta": 4e-8, "int8-delta": 3e-4}),
         _scores(1, *fp16, [0.73] * 6, [0.59] * 6),
     ]
     rows = {r["encoding"]: r for r in summarize(runs, rounds=5)}
@@ -35,12 +39,23 @@ def test_losses_are_paired_per_seed_over_the_last_five_versions() -> None:
     assert fp["demo_loss_points"] == pytest.approx(0.5)
     assert fp["pool_accuracy"] == pytest.approx((0.79 + 0.73) / 2)
     assert fp["seeds"] == 2 and fp["seconds"] == 2.0
+    assert fp["rounding_error"] == pytest.approx(3e-8) and rows["float32"]["rounding_error"] is None
 
 
 def test_one_seed_has_no_standard_error() -> None:
     assert mean_se([1.5]) == (1.5, None)
     mean, se = mean_se([1.0, 2.0, 3.0])
     assert mean == 2.0 and se == pytest.approx(1 / math.sqrt(3))
+
+
+def test_rounding_error_is_the_share_of_the_change_an_encoding_drops() -> None:
+    old = {"w": np.zeros(2, np.float32), "b": np.ones(1, np.float32)}
+    new = {"w": np.array([1.0, 0.3], np.float32), "b": np.ones(1, np.float32)}
+    # int8: one step is 1 / 127; 0.3 is 38.1 steps and travels as 38.
+    assert rounding_error(old, new, E.INT8_DELTA) == pytest.approx((0.3 - 38 / 127) ** 2 / 1.09, rel=1e-3)
+    assert rounding_error(old, new, E.FLOAT16_DELTA) == pytest.approx(
+        (0.3 - float(np.float16(0.3))) ** 2 / 1.09, rel=1e-3)
+    assert rounding_error(old, old, E.INT8_DELTA) == 0.0
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +88,6 @@ def test_the_initial_version_scores_the_same_whatever_the_encoding(small_federat
     fp16 = run_unit(Unit(cfg.seed, E.FLOAT16_DELTA, E.FLOAT16_DELTA), data, pool, cfg)
     assert f32.demo_accuracy[0] == fp16.demo_accuracy[0]  # version 0: the aggregator's seeded initial model
     assert f32.pool_accuracy[0] == fp16.pool_accuracy[0]
+    # The float32 run measures what each delta encoding would drop of its last round's change.
+    assert set(f32.rounding_error) == {"fp16-delta", "int8-delta"} and fp16.rounding_error == {}
+    assert 0 < f32.rounding_error["fp16-delta"] < f32.rounding_error["int8-delta"] < 1e-2
