@@ -77,7 +77,7 @@ class Unit:
 
 @dataclass
 class RunScores:
-    """One run: accuracy and UAR per global version on the demo's held-out speakers, the tail on the pool."""
+    """One run: accuracy and UAR of its last TAIL global versions on the demo's held-out speakers and on the pool."""
 
     unit: Unit
     demo_accuracy: list[float] = field(default_factory=list)
@@ -144,13 +144,14 @@ def run_unit(unit: Unit, data: SeedData, pool: Heldout, cfg: DemoConfig) -> RunS
     def score(version: int, model: torch.nn.Module) -> None:
         if unit.update is Encoding.FLOAT32 and version >= cfg.rounds - 1:
             last_two.append(module_to_arrays(model))
+        if version <= cfg.rounds - TAIL:
+            return  # only the last TAIL versions are scored
         demo = evaluate(model, data.heldout.x, data.heldout.y, len(arch.classes), torch.device("cpu")).scores
         scores.demo_accuracy.append(demo.accuracy)
         scores.demo_uar.append(demo.uar)
-        if version > cfg.rounds - TAIL:
-            s = evaluate(model, pool.x, pool.y, len(arch.classes), torch.device("cpu")).scores
-            scores.pool_accuracy.append(s.accuracy)
-            scores.pool_uar.append(s.uar)
+        s = evaluate(model, pool.x, pool.y, len(arch.classes), torch.device("cpu")).scores
+        scores.pool_accuracy.append(s.accuracy)
+        scores.pool_uar.append(s.uar)
 
     rounds = RoundConfig(clients_per_round=cfg.clients, min_clients=cfg.clients, round_timeout_s=3600,
                          max_rounds=cfg.rounds, plan=TrainingPlan(cfg.local_epochs, cfg.batch_size, cfg.learning_rate),

@@ -32,7 +32,7 @@ from model.serialization import load_arrays_into
 
 @dataclass(frozen=True)
 class ClientSpec:
-    """One client thread: its id, its session seed (batch order, dropout, int8 rounding) and its data."""
+    """One client thread: its id, its session seed (batch order and dropout) and its data."""
 
     client_id: str
     seed: int

@@ -66,15 +66,16 @@ def small_federation(tmp_path_factory: pytest.TempPathFactory):
     return cfg, prepare_seed(cfg, cache), prepare_pool(root / "pool", cache, speakers=1)
 
 
-def test_a_run_repeats_exactly_and_scores_every_version(small_federation) -> None:
+def test_a_run_repeats_exactly_and_scores_its_last_five_versions(small_federation) -> None:
     cfg, data, pool = small_federation
+    cfg = DemoConfig(**{**cfg.__dict__, "rounds": 6})
     assert [c.client_id for c in data.clients] == ["client-1", "client-2"]
     assert all(len(c.data.heldout_y) == 0 and len(c.data.train_y) == 28 for c in data.clients)
     assert (data.heldout.speakers, len(data.heldout.y)) == (2, 56)  # one speaker of each client, 28 files each
     assert (pool.speakers, len(pool.y)) == (1, 28)
     unit = Unit(cfg.seed, E.INT8_DELTA, E.INT8_DELTA)
     first, again = run_unit(unit, data, pool, cfg), run_unit(unit, data, pool, cfg)
-    assert len(first.demo_accuracy) == cfg.rounds + 1 and len(first.pool_accuracy) == cfg.rounds + 1
+    assert len(first.demo_accuracy) == 5 and len(first.pool_accuracy) == 5  # versions 2..6
     assert (first.demo_accuracy, first.pool_accuracy, first.pool_uar) == (
         again.demo_accuracy, again.pool_accuracy, again.pool_uar)
     # Scores are fractions of the files: k / 56 on the demo's held-out speakers, k / 28 on the pool.
@@ -86,6 +87,7 @@ def test_the_initial_version_scores_the_same_whatever_the_encoding(small_federat
     cfg, data, pool = small_federation
     f32 = run_unit(Unit(cfg.seed, E.FLOAT32, E.FLOAT32), data, pool, cfg)
     fp16 = run_unit(Unit(cfg.seed, E.FLOAT16_DELTA, E.FLOAT16_DELTA), data, pool, cfg)
+    assert len(f32.demo_accuracy) == cfg.rounds + 1  # two rounds: every version is among the last five
     assert f32.demo_accuracy[0] == fp16.demo_accuracy[0]  # version 0: the aggregator's seeded initial model
     assert f32.pool_accuracy[0] == fp16.pool_accuracy[0]
     # The float32 run measures what each delta encoding would drop of its last round's change.
