@@ -59,7 +59,6 @@ class Heldout:
 class SeedData:
     """One seed's demo federation: the clients' training data, and their held-out files together."""
 
-    seed: int
     clients: list[ClientSpec]
     heldout: Heldout
 
@@ -123,7 +122,7 @@ def prepare_seed(cfg: DemoConfig, cache: FeatureCache) -> SeedData:
         hx.append(data.heldout_x)
         hy.append(data.heldout_y)
         speakers += data.heldout_speakers
-    return SeedData(cfg.seed, clients, Heldout(np.concatenate(hx), np.concatenate(hy), speakers))
+    return SeedData(clients, Heldout(np.concatenate(hx), np.concatenate(hy), speakers))
 
 
 def rounding_error(old: dict[str, np.ndarray], new: dict[str, np.ndarray], encoding: Encoding) -> float:
@@ -241,12 +240,12 @@ def run(workdir: Path, rounds: int, seeds: int = 3, update_only: bool = True, lo
     folder = workdir / "compression"
     cache = FeatureCache(folder / "cache")
     pool = prepare_pool(folder / "pool", cache)
-    data = [prepare_seed(DemoConfig(**{**base.__dict__, "seed": s, "out": folder / f"seed-{s}"}), cache)
-            for s in range(seeds)]
+    data = {s: prepare_seed(DemoConfig(**{**base.__dict__, "seed": s, "out": folder / f"seed-{s}"}), cache)
+            for s in range(seeds)}
     prepared = time.perf_counter() - started
     log(f"  [compression] pool of {len(pool.y)} files from {pool.speakers} speakers and {seeds} seeds' corpora "
         f"ready in {prepared:.0f} s")
-    units = [Unit(d.seed, u, p) for d in data for u, p in combinations(update_only)]
+    units = [Unit(s, u, p) for s in data for u, p in combinations(update_only)]
     jobs = max(1, min(jobs or usable_cpus(), len(units)))
     runs: list[RunScores] = []
     # spawn: gRPC and torch threads do not survive fork.
@@ -261,10 +260,9 @@ def run(workdir: Path, rounds: int, seeds: int = 3, update_only: bool = True, lo
                 f"[{len(runs)}/{len(units)}]")
     order = {label: i for i, label in enumerate(Unit(0, u, p).label for u, p in combinations(update_only))}
     rows = sorted(summarize(runs, rounds), key=lambda row: order[str(row["encoding"])])
-    d = base
     return {
-        "setup": f"{d.clients} clients x {d.actors_per_client} speakers, {rounds} rounds, E={d.local_epochs}, "
-                 f"B={d.batch_size}, seed-cnn-v1, {seeds} seeds",
+        "setup": f"{base.clients} clients x {base.actors_per_client} speakers, {rounds} rounds, "
+                 f"E={base.local_epochs}, B={base.batch_size}, {DEFAULT_ARCHITECTURE}, {seeds} seeds",
         "pool": {"speakers": pool.speakers, "files": len(pool.y), "corpus_seed": POOL_SEED},
         "demo_heldout": {"speakers": data[0].heldout.speakers, "files": len(data[0].heldout.y)},
         "tail_rounds": TAIL, "jobs": jobs, "prepare_seconds": round(prepared, 1),
