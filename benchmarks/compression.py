@@ -232,7 +232,7 @@ def summarize(runs: list[RunScores], rounds: int) -> list[dict[str, object]]:
     return rows
 
 
-def run(workdir: Path, rounds: int, seeds: int = 3, update_only: bool = True, log: Callable[[str], None] = print,
+def run(workdir: Path, rounds: int, seeds: int = 4, update_only: bool = False, log: Callable[[str], None] = print,
         jobs: int | None = None) -> dict[str, object]:
     """``seeds`` demo federations per encoding pair, ``jobs`` at once (default: one per usable CPU)."""
     started = time.perf_counter()
