@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
+import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -182,11 +183,9 @@ def _run_in_worker(unit: Unit, data: SeedData) -> RunScores:
 
 def mean_se(xs: list[float]) -> tuple[float, float | None]:
     """The mean and its standard error (None for fewer than two values)."""
-    mean = sum(xs) / len(xs)
     if len(xs) < 2:
-        return mean, None
-    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
-    return mean, sd / math.sqrt(len(xs))
+        return statistics.fmean(xs), None
+    return statistics.fmean(xs), statistics.stdev(xs) / math.sqrt(len(xs))
 
 
 def _round(x: float | None) -> float | None:
